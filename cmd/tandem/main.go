@@ -69,6 +69,10 @@ func newApp() *cli.App {
 		},
 		// Every command group adds itself here, one line each.
 		Commands: []*cli.Command{
+			initCommand(),
+			serveCommand(),
+			diskCommand(),
+			statusCommand(),
 			nbdCommand(),
 		},
 	}

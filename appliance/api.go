@@ -1,0 +1,109 @@
+package appliance
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// The API routes, all JSON:
+//
+//	GET    /v1/site              the site: name, data directory
+//	GET    /v1/disks             every disk (DiskInfo)
+//	POST   /v1/disks             create a disk (CreateOptions) → DiskInfo
+//	GET    /v1/disks/{name}      one disk
+//	DELETE /v1/disks/{name}      remove a disk
+//	GET    /v1/status[?disk=N]   per-disk status (DiskStatus)
+func (d *Daemon) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/site", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, SiteInfo{Site: d.cfg.Site, DataDir: d.dataDir})
+	})
+	mux.HandleFunc("GET /v1/disks", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Disks(r.Context()))
+	})
+	mux.HandleFunc("POST /v1/disks", func(w http.ResponseWriter, r *http.Request) {
+		var o CreateOptions
+		if err := readJSON(r, &o); err != nil {
+			writeError(w, err)
+			return
+		}
+		info, err := d.CreateDisk(r.Context(), o)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, info)
+	})
+	mux.HandleFunc("GET /v1/disks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.Disk(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("DELETE /v1/disks/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.RemoveDisk(r.Context(), r.PathValue("name")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := d.Status(r.Context(), r.URL.Query().Get("disk"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	return mux
+}
+
+// SiteInfo describes the site.
+type SiteInfo struct {
+	Site    string `json:"site"`
+	DataDir string `json:"data_dir"`
+}
+
+// maxBody bounds a request body: every API request is small.
+const maxBody = 1 << 20
+
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: malformed request body: %v", ErrBadRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: malformed request body: trailing data", ErrBadRequest)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// apiError is the body of every failed API call.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrBadRequest):
+		status = http.StatusBadRequest
+	case errors.Is(err, ErrDiskNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrDiskExists):
+		status = http.StatusConflict
+	}
+	writeJSON(w, status, apiError{Error: err.Error()})
+}

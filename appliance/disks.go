@@ -1,0 +1,299 @@
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tandem-dr/tandem/disk"
+	"github.com/tandem-dr/tandem/journal"
+)
+
+// Roles of a disk at this site.
+const (
+	RolePrimary = "primary"
+	RoleReplica = "replica"
+)
+
+// Sentinel errors of the disk table; the API maps them to HTTP statuses.
+var (
+	ErrDiskExists   = errors.New("appliance: disk exists")
+	ErrDiskNotFound = errors.New("appliance: no such disk")
+	ErrBadRequest   = errors.New("appliance: bad request")
+)
+
+var diskNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidateDiskName checks a disk name: letters, digits, '.', '_' and '-',
+// at most 63, not starting with a punctuation mark ('@' separates a view's
+// point from its disk, so it is never part of a name).
+func ValidateDiskName(name string) error {
+	if !diskNameRE.MatchString(name) {
+		return fmt.Errorf("%w: disk name %q: use letters, digits, '.', '_' and '-' (at most 63, starting with a letter or digit)", ErrBadRequest, name)
+	}
+	return nil
+}
+
+// DiskMeta is a disk's persisted description, DATA/disks/NAME.json.
+type DiskMeta struct {
+	Name    string    `json:"name"`
+	Size    int64     `json:"size"`
+	Path    string    `json:"path"`  // the backing store
+	Owned   bool      `json:"owned"` // Path was created by tandem and is removed with the disk
+	Role    string    `json:"role"`
+	Created time.Time `json:"created"`
+}
+
+// openDisk is a disk in service: its store, journal and tap.
+type openDisk struct {
+	meta  DiskMeta
+	file  *disk.File
+	log   *journal.Log
+	tap   *disk.Tap
+	meter *meter
+}
+
+func (d *Daemon) disksDir() string { return filepath.Join(d.dataDir, "disks") }
+
+func (d *Daemon) metaPath(name string) string {
+	return filepath.Join(d.disksDir(), name+".json")
+}
+
+// loadDisks opens every disk described in DATA/disks.
+func (d *Daemon) loadDisks(ctx context.Context) error {
+	if err := os.MkdirAll(d.disksDir(), 0o700); err != nil {
+		return fmt.Errorf("create disks dir: %w", err)
+	}
+	ents, err := os.ReadDir(d.disksDir())
+	if err != nil {
+		return fmt.Errorf("read disks dir: %w", err)
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		var m DiskMeta
+		if err := readJSONFile(filepath.Join(d.disksDir(), e.Name()), &m); err != nil {
+			return fmt.Errorf("load disk %s: %w", e.Name(), err)
+		}
+		od, err := d.openDisk(ctx, m, false)
+		if err != nil {
+			return fmt.Errorf("open disk %s: %w", m.Name, err)
+		}
+		d.disks[m.Name] = od
+	}
+	return nil
+}
+
+// openDisk opens the store, the journal and the tap of m. With create the
+// backing file is created (sparse) at m.Size.
+func (d *Daemon) openDisk(ctx context.Context, m DiskMeta, create bool) (*openDisk, error) {
+	opts := disk.FileOptions{}
+	if create && m.Owned {
+		opts.Size = m.Size
+	}
+	f, err := disk.OpenFile(m.Path, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open backing store: %w", err)
+	}
+	if f.Size() < m.Size {
+		f.Close()
+		return nil, fmt.Errorf("backing store %s is %d bytes, disk needs %d", m.Path, f.Size(), m.Size)
+	}
+	l, err := d.journal.Log(m.Name)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open journal: %w", err)
+	}
+	tap, err := disk.NewTap(ctx, f, l, disk.TapOptions{}, d.log.With("disk", m.Name))
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open journaling tap: %w", err)
+	}
+	return &openDisk{meta: m, file: f, log: l, tap: tap, meter: &meter{}}, nil
+}
+
+// closeDisk stops a disk's tap and closes its store.
+func (od *openDisk) close(ctx context.Context) error {
+	err := od.tap.Close(ctx)
+	if cerr := od.file.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// CreateOptions describe a new disk.
+type CreateOptions struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// From names an existing file or block device to protect in place.
+	// When empty, a sparse raw file is created in the data directory.
+	From string `json:"from,omitempty"`
+}
+
+// CreateDisk creates a disk and starts serving it.
+func (d *Daemon) CreateDisk(ctx context.Context, o CreateOptions) (DiskInfo, error) {
+	if err := ValidateDiskName(o.Name); err != nil {
+		return DiskInfo{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.disks[o.Name]; ok {
+		return DiskInfo{}, fmt.Errorf("%w: %s", ErrDiskExists, o.Name)
+	}
+	m := DiskMeta{Name: o.Name, Size: o.Size, Role: RolePrimary, Created: time.Now().UTC()}
+	if o.From != "" {
+		abs, err := filepath.Abs(o.From)
+		if err != nil {
+			return DiskInfo{}, fmt.Errorf("%w: --from %s: %v", ErrBadRequest, o.From, err)
+		}
+		st, err := os.Stat(abs)
+		if err != nil {
+			return DiskInfo{}, fmt.Errorf("%w: --from: %v", ErrBadRequest, err)
+		}
+		if st.IsDir() {
+			return DiskInfo{}, fmt.Errorf("%w: --from %s is a directory", ErrBadRequest, abs)
+		}
+		m.Path = abs
+		if m.Size == 0 {
+			f, err := disk.OpenFile(abs, disk.FileOptions{ReadOnly: true})
+			if err != nil {
+				return DiskInfo{}, fmt.Errorf("%w: --from: %v", ErrBadRequest, err)
+			}
+			m.Size = f.Size()
+			f.Close()
+		}
+	} else {
+		m.Path = filepath.Join(d.disksDir(), o.Name+".img")
+		m.Owned = true
+		if _, err := os.Stat(m.Path); err == nil {
+			return DiskInfo{}, fmt.Errorf("%w: %s: backing file %s already exists", ErrDiskExists, o.Name, m.Path)
+		}
+	}
+	if m.Size <= 0 || m.Size%512 != 0 {
+		return DiskInfo{}, fmt.Errorf("%w: size %d: must be a positive multiple of 512 bytes", ErrBadRequest, m.Size)
+	}
+	od, err := d.openDisk(ctx, m, true)
+	if err != nil {
+		if m.Owned {
+			os.Remove(m.Path)
+		}
+		return DiskInfo{}, err
+	}
+	if err := writeJSONFile(d.metaPath(o.Name), m); err != nil {
+		od.close(ctx)
+		if m.Owned {
+			os.Remove(m.Path)
+		}
+		return DiskInfo{}, fmt.Errorf("save disk %s: %w", o.Name, err)
+	}
+	d.disks[o.Name] = od
+	d.log.Info("disk created", "disk", o.Name, "size", m.Size, "path", m.Path)
+	d.notifyChange()
+	return od.info(), nil
+}
+
+// RemoveDisk stops serving a disk, drops its journal and, when tandem
+// created its backing file, deletes it.
+func (d *Daemon) RemoveDisk(ctx context.Context, name string) error {
+	d.mu.Lock()
+	od, ok := d.disks[name]
+	if ok {
+		delete(d.disks, name)
+	}
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrDiskNotFound, name)
+	}
+	d.notifyChange()
+	var errs []error
+	if err := od.close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("close: %w", err))
+	}
+	if err := d.journal.DropLog(ctx, name); err != nil {
+		errs = append(errs, fmt.Errorf("drop journal: %w", err))
+	}
+	if err := os.Remove(d.metaPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if od.meta.Owned {
+		if err := os.Remove(od.meta.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	d.log.Info("disk removed", "disk", name)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove disk %s: %w", name, err)
+	}
+	return nil
+}
+
+// DiskInfo is what `disk list` and `disk info` show.
+type DiskInfo struct {
+	Name    string    `json:"name"`
+	Size    int64     `json:"size"`
+	Path    string    `json:"path"`
+	Role    string    `json:"role"`
+	State   string    `json:"state"`
+	Created time.Time `json:"created"`
+	// Journal: the newest sequence number and the unreleased bytes.
+	JournalHead  uint64 `json:"journal_head"`
+	JournalBytes int64  `json:"journal_bytes"`
+	// Overflowed is set when the journal reached its limit and the disk
+	// tracks dirty regions for a later resync.
+	Overflowed bool `json:"overflowed"`
+}
+
+func (od *openDisk) info() DiskInfo {
+	state := "unprotected"
+	if od.tap.Overflowed() {
+		state = "resync"
+	}
+	return DiskInfo{
+		Name:         od.meta.Name,
+		Size:         od.meta.Size,
+		Path:         od.meta.Path,
+		Role:         od.meta.Role,
+		State:        state,
+		Created:      od.meta.Created,
+		JournalHead:  od.log.Head(),
+		JournalBytes: od.log.Bytes(),
+		Overflowed:   od.tap.Overflowed(),
+	}
+}
+
+// Disks lists the disks, by name.
+func (d *Daemon) Disks(ctx context.Context) []DiskInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]DiskInfo, 0, len(d.disks))
+	for _, od := range d.disks {
+		out = append(out, od.info())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Disk describes one disk.
+func (d *Daemon) Disk(ctx context.Context, name string) (DiskInfo, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	od, ok := d.disks[name]
+	if !ok {
+		return DiskInfo{}, fmt.Errorf("%w: %s", ErrDiskNotFound, name)
+	}
+	return od.info(), nil
+}
+
+func (d *Daemon) lookup(name string) (*openDisk, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	od, ok := d.disks[name]
+	return od, ok
+}

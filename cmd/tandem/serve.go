@@ -1,0 +1,47 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/tandem-dr/tandem/appliance"
+)
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the appliance in the foreground",
+		Flags: []cli.Flag{
+			dataFlag(),
+			&cli.StringSliceFlag{Name: "nbd", Usage: "NBD listener, unix:PATH or tcp:HOST:PORT (repeatable; default unix:DATA/nbd.sock and tcp:127.0.0.1:10809)"},
+			&cli.StringFlag{Name: "api", Usage: "API listener (default unix:DATA/api.sock)"},
+			&cli.StringFlag{Name: "repl", Usage: "replication listener, mutual TLS only (default tcp:0.0.0.0:7800)"},
+			&cli.StringFlag{Name: "fuse", Usage: "mount disks and views as files under this directory"},
+			&cli.StringFlag{Name: "journal-max", Usage: "per-disk journal limit, e.g. 4G (default from config)"},
+			&cli.BoolFlag{Name: "debug", Usage: "log at debug level"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 0 {
+				return usagef("serve takes no arguments")
+			}
+			opts := appliance.Options{
+				NBD:  c.StringSlice("nbd"),
+				API:  c.String("api"),
+				Repl: c.String("repl"),
+				FUSE: c.String("fuse"),
+			}
+			if s := c.String("journal-max"); s != "" {
+				n, err := appliance.ParseSize(s)
+				if err != nil {
+					return usagef("--journal-max: %v", err)
+				}
+				opts.JournalMaxBytes = n
+			}
+			logger := newLogger(c.Bool("debug"))
+			d, err := appliance.Open(c.Context, dataDir(c), opts, logger)
+			if err != nil {
+				return err
+			}
+			return d.Serve(c.Context)
+		},
+	}
+}
