@@ -74,6 +74,7 @@ func newApp() *cli.App {
 			diskCommand(),
 			statusCommand(),
 			nbdCommand(),
+			demoCommand(),
 		},
 	}
 }
