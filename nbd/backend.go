@@ -101,6 +101,11 @@ type ExportInfo struct {
 	Description string
 	Size        int64
 	ReadOnly    bool
+	// Flags, when set by Exporter.Info, are the transmission flags
+	// NBD_OPT_INFO reports without opening the export (see FlagsFor).
+	// When zero, INFO reports only FlagHasFlags, FlagReadOnly and
+	// FlagSendCache. Open's flags are always worked out from the backend.
+	Flags uint16
 }
 
 // Export is an opened export.
