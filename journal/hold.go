@@ -1,0 +1,172 @@
+package journal
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// SetHold records, durably, that consumer (for example "apply" or
+// "replication") no longer needs records up to and including seq, and
+// releases (deletes) every record at or below the lowest hold. A log
+// without holds releases nothing. A hold at or below the released base
+// keeps nothing back; seq may not pass the head.
+func (l *Log) SetHold(consumer string, seq uint64) error {
+	if consumer == "" {
+		return fmt.Errorf("set hold on %s: empty consumer", l.name)
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return fmt.Errorf("set hold %s on %s: %w", consumer, l.name, ErrClosed)
+	}
+	if seq > l.head {
+		head := l.head
+		l.mu.Unlock()
+		return fmt.Errorf("set hold %s on %s: seq %d past head %d", consumer, l.name, seq, head)
+	}
+	l.mu.Unlock()
+	if err := l.s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(holdKey(l.id, consumer), u64(seq))
+	}); err != nil {
+		return fmt.Errorf("set hold %s=%d on %s: %w", consumer, seq, l.name, err)
+	}
+	l.mu.Lock()
+	l.holds[consumer] = seq
+	upTo := l.minHoldLocked()
+	l.mu.Unlock()
+	return l.release(upTo)
+}
+
+// RemoveHold forgets consumer's hold, which may release records.
+func (l *Log) RemoveHold(consumer string) error {
+	if err := l.s.db.Update(func(txn *badger.Txn) error {
+		return txn.Delete(holdKey(l.id, consumer))
+	}); err != nil {
+		return fmt.Errorf("remove hold %s on %s: %w", consumer, l.name, err)
+	}
+	l.mu.Lock()
+	delete(l.holds, consumer)
+	upTo := l.minHoldLocked()
+	l.mu.Unlock()
+	return l.release(upTo)
+}
+
+// Holds returns a copy of the log's holds.
+func (l *Log) Holds() map[string]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := make(map[string]uint64, len(l.holds))
+	for k, v := range l.holds {
+		m[k] = v
+	}
+	return m
+}
+
+func (l *Log) minHoldLocked() uint64 {
+	first := true
+	var m uint64
+	for _, v := range l.holds {
+		if first || v < m {
+			m, first = v, false
+		}
+	}
+	return m
+}
+
+// release deletes the committed records up to upTo. The new base is
+// persisted before any record is deleted, so a crash in between leaves
+// stale records that the next open deletes.
+func (l *Log) release(upTo uint64) error {
+	l.relMu.Lock()
+	defer l.relMu.Unlock()
+	l.mu.Lock()
+	upTo = min(upTo, l.commitSeq)
+	if upTo <= l.base {
+		l.mu.Unlock()
+		return nil
+	}
+	oldBase := l.base
+	idx := l.recs0 + int(upTo-oldBase) - 1
+	if idx >= len(l.recs) || l.recs[idx].seq != upTo {
+		l.mu.Unlock()
+		return fmt.Errorf("release journal %s to %d: record bookkeeping out of step", l.name, upTo)
+	}
+	sum := l.recs[idx].sum
+	l.mu.Unlock()
+
+	v := append(u64(upTo), u64(sum)...)
+	if err := l.s.db.Update(func(txn *badger.Txn) error { return txn.Set(baseKey(l.id), v) }); err != nil {
+		return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
+	}
+	l.mu.Lock()
+	l.base, l.baseSum = upTo, sum
+	for l.recs0 <= idx {
+		l.bytes -= l.recs[l.recs0].size
+		l.recs0++
+	}
+	if l.recs0 > len(l.recs)/2 && l.recs0 > 1024 {
+		l.recs = append(l.recs[:0:0], l.recs[l.recs0:]...)
+		l.recs0 = 0
+	}
+	l.mu.Unlock()
+
+	keys := make([][]byte, 0, min(upTo-oldBase, 1<<16))
+	for seq := oldBase + 1; seq <= upTo; seq++ {
+		keys = append(keys, recordKey(l.id, seq))
+		if len(keys) == cap(keys) {
+			if err := l.s.deleteKeys(keys); err != nil {
+				return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
+			}
+			keys = keys[:0]
+		}
+	}
+	if err := l.s.deleteKeys(keys); err != nil {
+		return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
+	}
+	return nil
+}
+
+// SetMeta stores a small value under key in the log's metadata (the
+// appliance keeps a disk's role and state there). It is durable once the
+// journal is next synced.
+func (l *Log) SetMeta(key string, val []byte) error {
+	if err := l.s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(metaKey(l.id, key), append([]byte(nil), val...))
+	}); err != nil {
+		return fmt.Errorf("set meta %s on %s: %w", key, l.name, err)
+	}
+	return nil
+}
+
+// Meta returns the value stored under key, or an error wrapping
+// ErrNotFound.
+func (l *Log) Meta(key string) ([]byte, error) {
+	var v []byte
+	err := l.s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(metaKey(l.id, key))
+		if err != nil {
+			return err
+		}
+		v, err = item.ValueCopy(nil)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, fmt.Errorf("meta %s on %s: %w", key, l.name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("meta %s on %s: %w", key, l.name, err)
+	}
+	return v, nil
+}
+
+// DeleteMeta removes key from the log's metadata.
+func (l *Log) DeleteMeta(key string) error {
+	if err := l.s.db.Update(func(txn *badger.Txn) error {
+		return txn.Delete(metaKey(l.id, key))
+	}); err != nil {
+		return fmt.Errorf("delete meta %s on %s: %w", key, l.name, err)
+	}
+	return nil
+}
