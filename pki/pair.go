@@ -41,7 +41,7 @@ const (
 	exporterLabel    = "EXPORTER-tandem-pair/1"
 	exporterSize     = 32
 	proofDomain      = "tandem-pair/1"
-	tokenIDLen       = 16
+	tokenIDLen       = 2 * tokenIDSize
 	maxCAPEMLen      = 16 << 10
 	errorMessageSize = 1024
 )
@@ -175,11 +175,11 @@ func PairClient(ctx context.Context, conn net.Conn, id *Identity, tok Token, opt
 	key := tokenKey(tok.Secret)
 	req := pairRequest{
 		V:       pairVersion,
-		TokenID: tok.ID(),
+		TokenID: tok.ID,
 		Site:    id.site,
 		CAPEM:   string(id.caPEM),
 		Address: o.address,
-		Proof:   pairProof(key[:], tok.ID(), wantFP, id.caFP[:], hello.Nonce, exporter, serverSite, id.site),
+		Proof:   pairProof(key[:], tok.ID, wantFP, id.caFP[:], hello.Nonce, exporter, serverSite, id.site),
 	}
 	if err := writePairMessage(tc, req); err != nil {
 		return PeerInfo{}, fmt.Errorf("pair with %s: send request: %w", tok.Address, err)
@@ -237,15 +237,13 @@ func PairServer(ctx context.Context, conn *tls.Conn, id *Identity, tokens *Token
 	}
 	req, err := readPairRequest(conn)
 	if err != nil {
-		err = fmt.Errorf("pairing from %s: read request: %w", remote, err)
-		refuse(conn, err)
-		return PeerInfo{}, err
+		refuse(conn, fmt.Errorf("read request: %w", err))
+		return PeerInfo{}, fmt.Errorf("pairing from %s: read request: %w", remote, err)
 	}
 	peer, err = acceptPairing(id, tokens, cs, req, nonce)
 	if err != nil {
-		err = fmt.Errorf("pairing from %s (site %q): %w", remote, req.Site, err)
 		refuse(conn, err)
-		return PeerInfo{}, err
+		return PeerInfo{}, fmt.Errorf("pairing from %s (site %q): %w", remote, req.Site, err)
 	}
 	if err := writePairMessage(conn, pairResult{V: pairVersion, OK: true}); err != nil {
 		return peer, fmt.Errorf("pairing from %s: paired site %q but could not tell it: %w", remote, req.Site, err)

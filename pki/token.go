@@ -34,9 +34,10 @@ const (
 	// tokenKeep is how long a used or expired token's record is kept, so
 	// a replay is refused as such rather than as an unknown token.
 	tokenKeep = 24 * time.Hour
-	// Binary layout: secret, expiry (unix seconds, big endian),
+	// Binary layout: id, secret, expiry (unix seconds, big endian),
 	// CA fingerprint, address length, address, checksum.
-	tokenFixed    = SecretSize + 8 + sha256.Size + 1
+	tokenIDSize   = 8
+	tokenFixed    = tokenIDSize + SecretSize + 8 + sha256.Size + 1
 	tokenSumSize  = 4
 	tokenMinSize  = tokenFixed + tokenSumSize
 	maxAddressLen = 255
@@ -60,6 +61,9 @@ var (
 // secondary that issued it. Its String method hides the secret; Encode
 // gives the copy-pasteable form.
 type Token struct {
+	// ID names the token without revealing its secret: 8 random bytes,
+	// hex. It may appear in logs.
+	ID string
 	// Address is the host:port the primary dials.
 	Address string
 	// CAFingerprint is the SHA-256 of the issuing site's CA, hex: the
@@ -77,10 +81,12 @@ type Token struct {
 // address and a checksum that catches incomplete copies.
 func (t Token) Encode() string {
 	fp, _ := hex.DecodeString(t.CAFingerprint)
+	id, _ := hex.DecodeString(t.ID)
 	b := make([]byte, 0, tokenMinSize+len(t.Address))
+	b = append(b, pad(id, tokenIDSize)...)
 	b = append(b, t.Secret[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(t.Expires.Unix()))
-	b = append(b, padFP(fp)...)
+	b = append(b, pad(fp, sha256.Size)...)
 	b = append(b, byte(len(t.Address)))
 	b = append(b, t.Address...)
 	sum := sha256.Sum256(b)
@@ -88,9 +94,9 @@ func (t Token) Encode() string {
 	return TokenPrefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
-func padFP(fp []byte) []byte {
-	out := make([]byte, sha256.Size)
-	copy(out, fp)
+func pad(b []byte, n int) []byte {
+	out := make([]byte, n)
+	copy(out, b)
 	return out
 }
 
@@ -100,22 +106,11 @@ func (t Token) String() string {
 	if len(fp) > 16 {
 		fp = fp[:16] + "…"
 	}
-	return fmt.Sprintf("pairing token %s for %s (CA %s, expires %s)", t.ID(), t.Address, fp, t.Expires.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("pairing token %s for %s (CA %s, expires %s)", t.ID, t.Address, fp, t.Expires.UTC().Format(time.RFC3339))
 }
-
-// ID names the token without revealing its secret: the first 8 bytes of a
-// hash of the secret, hex.
-func (t Token) ID() string { return tokenID(t.Secret) }
 
 // Expired reports whether the token has expired at now.
 func (t Token) Expired(now time.Time) bool { return !now.Before(t.Expires) }
-
-func tokenID(secret [SecretSize]byte) string {
-	h := sha256.New()
-	h.Write([]byte("tandem-pair-id/1\x00"))
-	h.Write(secret[:])
-	return hex.EncodeToString(h.Sum(nil)[:8])
-}
 
 // tokenKey derives the HMAC key of the pairing proof from the secret. The
 // secondary keeps only this key, never the secret.
@@ -149,6 +144,8 @@ func ParseToken(s string) (Token, error) {
 		return Token{}, fmt.Errorf("%w: checksum mismatch (damaged or incompletely copied)", ErrTokenMalformed)
 	}
 	var t Token
+	t.ID = hex.EncodeToString(body[:tokenIDSize])
+	body = body[tokenIDSize:]
 	copy(t.Secret[:], body[:SecretSize])
 	if t.Secret == ([SecretSize]byte{}) {
 		return Token{}, fmt.Errorf("%w: empty secret", ErrTokenMalformed)
@@ -159,11 +156,12 @@ func ParseToken(s string) (Token, error) {
 	}
 	t.Expires = time.Unix(exp, 0).UTC()
 	t.CAFingerprint = hex.EncodeToString(body[SecretSize+8 : SecretSize+8+sha256.Size])
-	n := int(body[tokenFixed-1])
-	if len(body) != tokenFixed+n {
+	const addrAt = SecretSize + 8 + sha256.Size + 1
+	n := int(body[addrAt-1])
+	if len(body) != addrAt+n {
 		return Token{}, fmt.Errorf("%w: address length %d does not match the token's length", ErrTokenMalformed, n)
 	}
-	t.Address = string(body[tokenFixed:])
+	t.Address = string(body[addrAt:])
 	if err := validAddress(t.Address); err != nil {
 		return Token{}, fmt.Errorf("%w: address %q: %v", ErrTokenMalformed, t.Address, err)
 	}
@@ -231,11 +229,16 @@ func (t *Tokens) Issue(address string, ttl time.Duration) (Token, error) {
 		return Token{}, fmt.Errorf("issue pairing token: address %q is not one a peer can dial: give the host or IP the primary reaches this site at", address)
 	}
 	tok := Token{Address: address, CAFingerprint: t.id.CAFingerprint(), Expires: time.Unix(t.id.now().Add(ttl).Unix(), 0).UTC()}
+	var idb [tokenIDSize]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		return Token{}, fmt.Errorf("issue pairing token: %w", err)
+	}
+	tok.ID = hex.EncodeToString(idb[:])
 	if _, err := rand.Read(tok.Secret[:]); err != nil {
 		return Token{}, fmt.Errorf("issue pairing token: %w", err)
 	}
 	key := tokenKey(tok.Secret)
-	rec := tokenRecord{ID: tok.ID(), Key: hex.EncodeToString(key[:]), Address: address, Expires: tok.Expires}
+	rec := tokenRecord{ID: tok.ID, Key: hex.EncodeToString(key[:]), Address: address, Expires: tok.Expires}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.purgeLocked()
@@ -248,7 +251,7 @@ func (t *Tokens) Issue(address string, ttl time.Duration) (Token, error) {
 // TokenInfo describes an issued token without its secret, which the
 // issuing site does not keep.
 type TokenInfo struct {
-	// ID is the token's Token.ID.
+	// ID is the token's ID.
 	ID string `json:"id"`
 	// Address is the address the token tells the primary to dial.
 	Address string `json:"address"`
@@ -280,7 +283,7 @@ func (t *Tokens) Pending() ([]TokenInfo, error) {
 // expired, runs check with its HMAC key and, when check succeeds, marks the
 // token used by site. The record is durable before consume returns nil.
 func (t *Tokens) consume(tokenID, site string, check func(key []byte) error) error {
-	if len(tokenID) != 16 || strings.Trim(tokenID, "0123456789abcdef") != "" {
+	if len(tokenID) != 2*tokenIDSize || strings.Trim(tokenID, "0123456789abcdef") != "" {
 		return fmt.Errorf("consume token %q: %w", tokenID, ErrTokenUnknown)
 	}
 	t.mu.Lock()
