@@ -1,0 +1,243 @@
+package replication
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// The frame header, 16 bytes, big-endian (see PROTOCOL.md):
+//
+//	off size field
+//	  0    2 magic "TR"
+//	  2    1 frame type
+//	  3    1 flags (bit 0: payload is zstd-compressed)
+//	  4    4 payload length on the wire
+//	  8    4 payload length after decompression (= wire length when not compressed)
+//	 12    4 CRC-32C of header bytes 0..11 followed by the wire payload
+const (
+	frameHeaderSize = 16
+	frameMagic      = 0x5452 // "TR"
+
+	// MaxFramePayload is the largest payload a frame may carry, before or
+	// after decompression. A header announcing more is refused before
+	// anything is allocated.
+	MaxFramePayload = 16 << 20
+
+	flagZstd = 1 << 0
+)
+
+// frameType names what a frame carries.
+type frameType uint8
+
+const (
+	frameHello      frameType = 1  // primary → secondary: versions, disk, size
+	frameWelcome    frameType = 2  // secondary → primary: chosen version, durable state
+	frameError      frameType = 3  // either way: code and message, then the sender closes
+	frameRecords    frameType = 4  // primary → secondary: a batch of journal records
+	frameAck        frameType = 5  // secondary → primary: durable head and consistent point
+	frameSyncBegin  frameType = 6  // primary → secondary: start of an initial sync or resync
+	frameRegion     frameType = 7  // primary → secondary: region data of the current sync
+	frameRegionZero frameType = 8  // primary → secondary: a zero range of the current sync
+	frameSyncEnd    frameType = 9  // primary → secondary: the copy is complete, with its end point
+	framePing       frameType = 10 // primary → secondary: keepalive, answered by an Ack
+	frameVerifyReq  frameType = 11 // primary → secondary: digests wanted for regions
+	frameVerifyResp frameType = 12 // secondary → primary: the digests
+)
+
+func (t frameType) String() string {
+	names := [...]string{"", "hello", "welcome", "error", "records", "ack", "sync-begin",
+		"region", "region-zero", "sync-end", "ping", "verify-request", "verify-response"}
+	if int(t) < len(names) && t != 0 {
+		return names[t]
+	}
+	return fmt.Sprintf("frame-type-%d", uint8(t))
+}
+
+var (
+	// ErrBadFrame reports a frame that is garbled (bad magic, checksum,
+	// length or payload). The connection it came on is closed and nothing
+	// in it is applied.
+	ErrBadFrame = errors.New("replication: bad frame")
+
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
+)
+
+// frame is one decoded frame. payload is owned by the frameReader and
+// valid until its next call to next.
+type frame struct {
+	typ     frameType
+	payload []byte
+	wire    int // bytes on the wire, header included
+}
+
+// frameReader reads frames from a connection, checking each one's CRC and
+// decompressing its payload with bounded memory.
+type frameReader struct {
+	r    *bufio.Reader
+	buf  []byte // wire payload
+	raw  []byte // decompressed payload
+	zdec *zstd.Decoder
+}
+
+func newFrameReader(r io.Reader) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 256<<10)}
+}
+
+// close releases the decompressor.
+func (fr *frameReader) close() {
+	if fr.zdec != nil {
+		fr.zdec.Close()
+		fr.zdec = nil
+	}
+}
+
+// buffered reports whether a whole frame header is already buffered, so
+// the caller may read on without blocking for long.
+func (fr *frameReader) buffered() bool { return fr.r.Buffered() >= frameHeaderSize }
+
+// next reads one frame. Errors other than io.EOF and the connection's own
+// wrap ErrBadFrame.
+func (fr *frameReader) next() (frame, error) {
+	var h [frameHeaderSize]byte
+	if _, err := io.ReadFull(fr.r, h[:]); err != nil {
+		return frame{}, err
+	}
+	if m := binary.BigEndian.Uint16(h[0:]); m != frameMagic {
+		return frame{}, fmt.Errorf("%w: magic %#04x", ErrBadFrame, m)
+	}
+	typ, flags := frameType(h[2]), h[3]
+	n := binary.BigEndian.Uint32(h[4:])
+	rawN := binary.BigEndian.Uint32(h[8:])
+	if n > MaxFramePayload || rawN > MaxFramePayload {
+		return frame{}, fmt.Errorf("%w: %s payload %d/%d bytes over %d", ErrBadFrame, typ, n, rawN, MaxFramePayload)
+	}
+	if flags&^flagZstd != 0 {
+		return frame{}, fmt.Errorf("%w: %s unknown flags %#02x", ErrBadFrame, typ, flags)
+	}
+	if flags&flagZstd == 0 && rawN != n {
+		return frame{}, fmt.Errorf("%w: %s uncompressed with lengths %d and %d", ErrBadFrame, typ, n, rawN)
+	}
+	if cap(fr.buf) < int(n) {
+		fr.buf = make([]byte, n)
+	}
+	fr.buf = fr.buf[:n]
+	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return frame{}, fmt.Errorf("read %s payload: %w", typ, err)
+	}
+	crc := crc32.Update(crc32.Checksum(h[:12], castagnoli), castagnoli, fr.buf)
+	if want := binary.BigEndian.Uint32(h[12:]); crc != want {
+		return frame{}, fmt.Errorf("%w: %s checksum %08x, want %08x", ErrBadFrame, typ, crc, want)
+	}
+	f := frame{typ: typ, payload: fr.buf, wire: frameHeaderSize + int(n)}
+	if flags&flagZstd != 0 {
+		if fr.zdec == nil {
+			d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
+				zstd.WithDecoderMaxMemory(MaxFramePayload), zstd.WithDecodeAllCapLimit(true))
+			if err != nil {
+				return frame{}, fmt.Errorf("new zstd decoder: %w", err)
+			}
+			fr.zdec = d
+		}
+		if cap(fr.raw) < int(rawN) {
+			fr.raw = make([]byte, 0, rawN)
+		}
+		out, err := fr.zdec.DecodeAll(fr.buf, fr.raw[:0:rawN])
+		if err != nil {
+			return frame{}, fmt.Errorf("%w: %s decompress: %v", ErrBadFrame, typ, err)
+		}
+		if len(out) != int(rawN) {
+			return frame{}, fmt.Errorf("%w: %s decompressed to %d bytes, header says %d", ErrBadFrame, typ, len(out), rawN)
+		}
+		f.payload = out
+	}
+	return f, nil
+}
+
+// frameWriter encodes frames into one buffer per frame and writes each
+// with a single Write call.
+type frameWriter struct {
+	w    io.Writer
+	out  []byte
+	zenc *zstd.Encoder // nil: never compress
+}
+
+// newFrameWriter returns a writer that compresses payloads of compressible
+// frame types when compress is true.
+func newFrameWriter(w io.Writer, compress bool) (*frameWriter, error) {
+	fw := &frameWriter{w: w}
+	if compress {
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			return nil, fmt.Errorf("new zstd encoder: %w", err)
+		}
+		fw.zenc = e
+	}
+	return fw, nil
+}
+
+func (fw *frameWriter) close() {
+	if fw.zenc != nil {
+		fw.zenc.Close()
+		fw.zenc = nil
+	}
+}
+
+// encode builds the frame for payload into fw.out, compressing it when
+// the writer compresses and it pays. It returns the frame's bytes.
+func (fw *frameWriter) encode(typ frameType, payload []byte) ([]byte, error) {
+	if len(payload) > MaxFramePayload {
+		return nil, fmt.Errorf("encode %s: payload %d bytes over %d", typ, len(payload), MaxFramePayload)
+	}
+	out := fw.out[:0]
+	if cap(out) < frameHeaderSize+len(payload) {
+		out = make([]byte, 0, frameHeaderSize+len(payload)+len(payload)/8)
+	}
+	out = out[:frameHeaderSize]
+	var flags byte
+	body := payload
+	if fw.zenc != nil && len(payload) >= 512 && (typ == frameRecords || typ == frameRegion) {
+		out = fw.zenc.EncodeAll(payload, out)
+		if len(out)-frameHeaderSize < len(payload) {
+			flags = flagZstd
+			body = out[frameHeaderSize:]
+		} else {
+			out = out[:frameHeaderSize]
+		}
+	}
+	if flags == 0 {
+		out = append(out, payload...)
+		body = out[frameHeaderSize:]
+	}
+	h := out[:frameHeaderSize]
+	binary.BigEndian.PutUint16(h[0:], frameMagic)
+	h[2] = byte(typ)
+	h[3] = flags
+	binary.BigEndian.PutUint32(h[4:], uint32(len(body)))
+	binary.BigEndian.PutUint32(h[8:], uint32(len(payload)))
+	crc := crc32.Update(crc32.Checksum(h[:12], castagnoli), castagnoli, body)
+	binary.BigEndian.PutUint32(h[12:], crc)
+	fw.out = out
+	return out, nil
+}
+
+// write encodes and writes one frame, returning the bytes put on the wire.
+func (fw *frameWriter) write(typ frameType, payload []byte) (int, error) {
+	b, err := fw.encode(typ, payload)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := fw.w.Write(b); err != nil {
+		return 0, fmt.Errorf("write %s frame: %w", typ, err)
+	}
+	return len(b), nil
+}

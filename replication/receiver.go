@@ -1,0 +1,349 @@
+package replication
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/tandem-dr/tandem/journal"
+)
+
+// Group commit bounds: the receiver appends several records frames with
+// one AppendReceived while more are already buffered, up to these.
+const (
+	groupMaxBytes    = 32 << 20
+	groupMaxRecords  = 64 << 10
+	progressEvery    = 16 << 20 // region bytes between SyncProgress calls
+	ackEveryInterval = 250 * time.Millisecond
+)
+
+// errProtocol is a peer's frame that is valid but out of place.
+var errProtocol = errors.New("replication: protocol violation")
+
+// receiver drives one replica disk's Sink from one connection.
+type receiver struct {
+	sink    Sink
+	log     *slog.Logger
+	conn    net.Conn
+	fr      *frameReader
+	fw      *frameWriter
+	timeout time.Duration
+
+	st   SinkState // as far as the sink has durably confirmed
+	next Position  // chain position after the pending records
+
+	pending      []journal.Record // verified, not yet appended
+	pendingBytes int
+	copyEnd      int64 // end of the last region frame of the sync
+	progressed   int64 // copyEnd at the last SyncProgress
+	lastAck      time.Time
+	vbuf         []byte
+}
+
+// refusal is an error the receiver reports to the primary with an error
+// frame before closing.
+type refusal struct {
+	code uint16
+	err  error
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
+
+func refuse(code uint16, err error) error { return &refusal{code: code, err: err} }
+
+// run serves frames until the connection ends or a frame is refused.
+func (r *receiver) run(ctx context.Context) error {
+	r.next = r.st.Head
+	if r.st.Sync != nil {
+		r.copyEnd = r.st.Sync.CopiedThrough
+		r.progressed = r.copyEnd
+	}
+	for {
+		_ = r.conn.SetReadDeadline(time.Now().Add(r.timeout))
+		f, err := r.fr.next()
+		if err != nil {
+			if errors.Is(err, ErrBadFrame) {
+				return refuse(errCodeProtocol, err)
+			}
+			return err
+		}
+		if f.typ != frameRecords {
+			if err := r.flush(ctx); err != nil {
+				return err
+			}
+		}
+		if err := r.handle(ctx, f); err != nil {
+			return err
+		}
+		if r.fr.buffered() && time.Since(r.lastAck) < ackEveryInterval &&
+			r.pendingBytes < groupMaxBytes && len(r.pending) < groupMaxRecords &&
+			r.copyEnd-r.progressed < progressEvery {
+			continue // more is waiting: group it
+		}
+		if err := r.flush(ctx); err != nil {
+			return err
+		}
+		if err := r.progress(ctx); err != nil {
+			return err
+		}
+		if err := r.ack(); err != nil {
+			return err
+		}
+	}
+}
+
+// handle applies one frame (records only to the pending group).
+func (r *receiver) handle(ctx context.Context, f frame) error {
+	switch f.typ {
+	case frameRecords:
+		return r.onRecords(f.payload)
+	case framePing:
+		_, err := decodePing(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		r.lastAck = time.Time{} // answer now
+		return nil
+	case frameSyncBegin:
+		m, err := decodeSyncBegin(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		if m.Base.Seq < r.st.Consistent && r.st.Initialized {
+			return refuse(errCodeProtocol, fmt.Errorf("%w: sync base seq=%d before consistent point seq=%d", errProtocol, m.Base.Seq, r.st.Consistent))
+		}
+		info := SyncInfo{ID: m.ID, Full: m.Full, Base: m.Base, Total: m.Total}
+		if err := r.sink.BeginSync(ctx, info); err != nil {
+			return refuse(errCodeSink, fmt.Errorf("begin sync base seq=%d: %w", m.Base.Seq, err))
+		}
+		r.log.Info("replication: sync begins", logSync, fmt.Sprintf("%016x", m.ID), "full", m.Full, "base", m.Base.Seq, "bytes", m.Total)
+		r.st.Sync = &info
+		r.st.Head = m.Base
+		r.next = m.Base
+		r.copyEnd, r.progressed = 0, 0
+		r.lastAck = time.Time{}
+		return nil
+	case frameRegion:
+		id, off, data, err := decodeRegion(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		if err := r.checkRegion(id, off, int64(len(data))); err != nil {
+			return err
+		}
+		if err := r.sink.WriteRegion(ctx, off, data); err != nil {
+			return refuse(errCodeSink, fmt.Errorf("write region off=%d len=%d: %w", off, len(data), err))
+		}
+		r.copyEnd = off + int64(len(data))
+		return nil
+	case frameRegionZero:
+		m, err := decodeRegionZero(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		if err := r.checkRegion(m.ID, m.Off, m.Len); err != nil {
+			return err
+		}
+		if r.st.Sync.Full {
+			return refuse(errCodeProtocol, fmt.Errorf("%w: zero range in a full sync", errProtocol))
+		}
+		if err := r.sink.ZeroRegion(ctx, m.Off, m.Len); err != nil {
+			return refuse(errCodeSink, fmt.Errorf("zero region off=%d len=%d: %w", m.Off, m.Len, err))
+		}
+		r.copyEnd = m.Off + m.Len
+		return nil
+	case frameSyncEnd:
+		m, err := decodeSyncEnd(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		s := r.st.Sync
+		if s == nil || s.ID != m.ID || s.Ended {
+			return refuse(errCodeProtocol, fmt.Errorf("%w: sync end for sync %016x not in progress", errProtocol, m.ID))
+		}
+		if m.End.Seq < s.Base.Seq || (m.End.Seq == s.Base.Seq && m.End.Sum != s.Base.Sum) {
+			return refuse(errCodeProtocol, fmt.Errorf("%w: sync end seq=%d before base seq=%d", errProtocol, m.End.Seq, s.Base.Seq))
+		}
+		if m.End.Seq < r.st.Head.Seq {
+			return refuse(errCodeProtocol, fmt.Errorf("%w: sync end seq=%d before head seq=%d", errProtocol, m.End.Seq, r.st.Head.Seq))
+		}
+		if err := r.progress(ctx); err != nil {
+			return err
+		}
+		if err := r.sink.EndCopy(ctx, m.End); err != nil {
+			return refuse(errCodeSink, fmt.Errorf("end sync copy at seq=%d: %w", m.End.Seq, err))
+		}
+		s.Ended, s.End = true, m.End
+		return r.maybeCommit(ctx)
+	case frameVerifyReq:
+		m, err := decodeVerifyReq(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		return r.onVerify(ctx, m)
+	case frameError:
+		return fmt.Errorf("%w: %v", ErrRefused, peerError(f.payload))
+	default:
+		return refuse(errCodeProtocol, fmt.Errorf("%w: unexpected %s frame", errProtocol, f.typ))
+	}
+}
+
+// checkRegion checks a region frame against the sync in progress: its
+// ID, the disk's bounds and increasing offsets.
+func (r *receiver) checkRegion(id uint64, off, n int64) error {
+	s := r.st.Sync
+	switch {
+	case s == nil || s.ID != id:
+		return refuse(errCodeProtocol, fmt.Errorf("%w: region for sync %016x not in progress", errProtocol, id))
+	case s.Ended:
+		return refuse(errCodeProtocol, fmt.Errorf("%w: region after the copy ended", errProtocol))
+	case off < r.copyEnd:
+		return refuse(errCodeProtocol, fmt.Errorf("%w: region off=%d before the previous end %d", errProtocol, off, r.copyEnd))
+	case n <= 0 || off > r.sink.Size() || n > r.sink.Size()-off:
+		return refuse(errCodeProtocol, fmt.Errorf("%w: region off=%d len=%d outside the disk", errProtocol, off, n))
+	}
+	return nil
+}
+
+// onRecords decodes a records frame and verifies that it follows the
+// chain with no gap; only then does it join the pending group. A bad
+// frame discards the whole pending group: nothing of it is applied.
+func (r *receiver) onRecords(p []byte) error {
+	if s := r.st.Sync; s != nil && !s.Ended {
+		return refuse(errCodeProtocol, fmt.Errorf("%w: records before the sync copy ended", errProtocol))
+	}
+	n0 := len(r.pending)
+	recs, err := decodeRecords(p, r.pending)
+	if err != nil {
+		r.pending = r.pending[:0]
+		return refuse(errCodeCorrupt, err)
+	}
+	next := r.next
+	for i := n0; i < len(recs); i++ {
+		rec := &recs[i]
+		if rec.Seq != next.Seq+1 {
+			r.pending = r.pending[:0]
+			return refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d, want seq=%d", journal.ErrCorrupt, rec.Seq, next.Seq+1))
+		}
+		if err := rec.Verify(next.Sum); err != nil {
+			r.pending = r.pending[:0]
+			return refuse(errCodeCorrupt, err)
+		}
+		if s := r.st.Sync; s != nil && rec.Seq == s.End.Seq && rec.Sum != s.End.Sum {
+			r.pending = r.pending[:0]
+			return refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d sum %016x, sync end says %016x", journal.ErrCorrupt, rec.Seq, rec.Sum, s.End.Sum))
+		}
+		next = Position{Seq: rec.Seq, Sum: rec.Sum}
+		r.pendingBytes += len(rec.Data)
+	}
+	r.pending = recs
+	r.next = next
+	return nil
+}
+
+// flush appends the pending group, durably, and commits a sync whose end
+// it reaches.
+func (r *receiver) flush(ctx context.Context) error {
+	if len(r.pending) == 0 {
+		return nil
+	}
+	if err := r.sink.AppendReceived(ctx, r.pending); err != nil {
+		first, last := r.pending[0].Seq, r.pending[len(r.pending)-1].Seq
+		r.pending = r.pending[:0]
+		return refuse(errCodeSink, fmt.Errorf("append received seq=%d..%d: %w", first, last, err))
+	}
+	clear(r.pending) // drop references to Data
+	r.pending = r.pending[:0]
+	r.pendingBytes = 0
+	r.st.Head = r.next
+	if r.st.Sync == nil {
+		r.st.Consistent = r.st.Head.Seq
+		return nil
+	}
+	return r.maybeCommit(ctx)
+}
+
+// maybeCommit commits the sync once its copy ended and the head reached
+// its end.
+func (r *receiver) maybeCommit(ctx context.Context) error {
+	s := r.st.Sync
+	if s == nil || !s.Ended || r.st.Head.Seq < s.End.Seq {
+		return nil
+	}
+	if err := r.sink.CommitSync(ctx); err != nil {
+		return refuse(errCodeSink, fmt.Errorf("commit sync through seq=%d: %w", r.st.Head.Seq, err))
+	}
+	r.log.Info("replication: sync committed", logSync, fmt.Sprintf("%016x", s.ID), "full", s.Full, logSeq, r.st.Head.Seq)
+	r.st.Sync = nil
+	r.st.Initialized = true
+	r.st.Consistent = r.st.Head.Seq
+	r.lastAck = time.Time{}
+	return nil
+}
+
+// progress makes the sync's regions durable up to the last received.
+func (r *receiver) progress(ctx context.Context) error {
+	s := r.st.Sync
+	if s == nil || s.Ended || r.copyEnd <= r.progressed {
+		return nil
+	}
+	if err := r.sink.SyncProgress(ctx, r.copyEnd); err != nil {
+		return refuse(errCodeSink, fmt.Errorf("sync progress through off=%d: %w", r.copyEnd, err))
+	}
+	r.progressed = r.copyEnd
+	s.CopiedThrough = r.copyEnd
+	return nil
+}
+
+// ack tells the primary what is durable.
+func (r *receiver) ack() error {
+	m := ackMsg{Head: r.st.Head.Seq, Consistent: r.st.Consistent, Syncing: r.st.Sync != nil}
+	if r.st.Sync != nil {
+		m.CopiedThrough = r.st.Sync.CopiedThrough
+	}
+	_ = r.conn.SetWriteDeadline(time.Now().Add(r.timeout))
+	if _, err := r.fw.write(frameAck, m.encode()); err != nil {
+		return err
+	}
+	r.lastAck = time.Now()
+	return nil
+}
+
+// onVerify answers a verify request with digests of the replica at its
+// consistent point, and the chain check when asked for.
+func (r *receiver) onVerify(ctx context.Context, m verifyReqMsg) error {
+	resp := verifyRespMsg{ID: m.ID, Seq: r.st.Consistent, Digests: make([][digestSize]byte, len(m.Regions))}
+	if r.st.Sync != nil {
+		resp.Seq = 0 // no comparable point during a sync; the primary asks again
+	}
+	for i, reg := range m.Regions {
+		if reg.Off > r.sink.Size() || reg.Len > r.sink.Size()-reg.Off {
+			return refuse(errCodeProtocol, fmt.Errorf("%w: verify region off=%d len=%d outside the disk", errProtocol, reg.Off, reg.Len))
+		}
+		if cap(r.vbuf) < int(reg.Len) {
+			r.vbuf = make([]byte, reg.Len)
+		}
+		b := r.vbuf[:reg.Len]
+		if err := r.sink.ReadConsistent(ctx, b, reg.Off); err != nil {
+			return refuse(errCodeSink, fmt.Errorf("verify: read replica off=%d len=%d: %w", reg.Off, reg.Len, err))
+		}
+		resp.Digests[i] = sha256.Sum256(b)
+	}
+	if cc, ok := r.sink.(ChainChecker); ok && m.CheckChain {
+		resp.ChainChecked = true
+		through, err := cc.CheckChain(ctx)
+		resp.ChainThrough = through
+		if err != nil {
+			resp.ChainError = err.Error()
+			r.log.Warn("replication: verify: journal chain broken", logErr, err, "through", through)
+		}
+	}
+	_ = r.conn.SetWriteDeadline(time.Now().Add(r.timeout))
+	_, err := r.fw.write(frameVerifyResp, resp.encode())
+	return err
+}

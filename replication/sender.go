@@ -1,0 +1,423 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sort"
+	"sync"
+	"time"
+)
+
+var (
+	// ErrClosed is returned by a closed Sender's blocking calls.
+	ErrClosed = errors.New("replication: sender closed")
+	// ErrSyncTimeout is returned by WaitAcked under HoldWrites when the
+	// secondary did not acknowledge within SyncTimeout.
+	ErrSyncTimeout = errors.New("replication: secondary did not acknowledge in time")
+	// ErrDiverged reports that the secondary holds records the primary
+	// does not: the sites have diverged and nothing is shipped until an
+	// operator resolves it (reprotect).
+	ErrDiverged = errors.New("replication: sites diverged")
+	// ErrRefused reports an error frame from the secondary.
+	ErrRefused = errors.New("replication: refused by peer")
+)
+
+// Replication states as Status reports them.
+const (
+	StateInitialSync = "initial-sync"
+	StateProtected   = "protected"
+	StatePaused      = "paused"
+	StateResync      = "resync"
+)
+
+// Sender ships one protected disk's journal to the secondary. Create it
+// with NewSender, start it with Open and stop it with Close; it reconnects
+// on its own after any failure.
+type Sender struct {
+	cfg      SenderConfig
+	src      Source
+	compress bool
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	st       senderState
+	ackCh    chan struct{} // closed and replaced whenever acknowledgements move
+	kick     chan struct{} // wakes the writer (verify requests), buffered 1
+	verifies map[uint64]*verifyCall
+	vqueue   []*verifyCall // requests waiting for the writer
+	tracker  *writeTracker // non-nil while a verify runs
+}
+
+// senderState is the Sender's mutable state, under mu.
+type senderState struct {
+	open, closed bool
+	connected    bool
+	lastErr      string
+	diverged     bool
+
+	sync *syncJob // the sync in progress, nil when streaming
+
+	head       uint64 // newest source head seen
+	ackHead    uint64 // secondary's durable head
+	consistent uint64 // secondary's consistent point
+	srcAcked   uint64 // last seq passed to Source.Acked
+	sent       uint64 // last seq sent on the current connection
+
+	inflight []batchMeta // sent, not yet acknowledged, in order
+
+	rawBytes, wireBytes uint64 // payload vs wire, since Open
+	ackedBytes          uint64 // record data acknowledged, since Open
+	samples             []rateSample
+	caughtUp            time.Time // last moment the secondary held the head
+	rpoAlert            bool
+	degraded            bool // sync mode fell back to async
+}
+
+// batchMeta is one records frame in flight.
+type batchMeta struct {
+	last  uint64
+	first time.Time // time of its first record
+	bytes uint64    // record data bytes
+}
+
+type rateSample struct {
+	at    time.Time
+	bytes uint64
+}
+
+// syncJob is an initial sync or resync as the primary runs it.
+type syncJob struct {
+	info    SyncInfo
+	regions []Region // sorted, merged, clipped
+	scanned int64    // bytes of regions scanned so far
+	ended   bool
+	end     Position
+	started time.Time
+}
+
+// NewSender checks cfg and returns a Sender that is not yet running.
+func NewSender(cfg SenderConfig) (*Sender, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Sender{
+		cfg:      cfg,
+		src:      cfg.Source,
+		compress: cfg.Compress == CompressZstd,
+		ackCh:    make(chan struct{}),
+		kick:     make(chan struct{}, 1),
+		verifies: make(map[uint64]*verifyCall),
+	}, nil
+}
+
+// Open starts the sender's goroutines: the connection loop (dial,
+// handshake, sync or stream, reconnect with backoff) and a monitor that
+// samples throughput and raises the RPO alert.
+func (s *Sender) Open() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.st.open || s.st.closed {
+		return errors.New("replication: sender already opened")
+	}
+	s.st.open = true
+	s.st.caughtUp = time.Now()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.run(ctx) }()
+	go func() { defer s.wg.Done(); s.monitor(ctx) }()
+	return nil
+}
+
+// Close stops the sender and waits for its goroutines, or for ctx. What
+// the secondary has acknowledged stays acknowledged; the next Sender over
+// the same source resumes from the secondary's durable head.
+func (s *Sender) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.st.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.st.closed = true
+	cancel := s.cancel
+	s.broadcastLocked()
+	for _, v := range s.verifies {
+		v.fail(ErrClosed)
+	}
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("close sender %s: %w", s.cfg.Disk, ctx.Err())
+	}
+}
+
+// run is the connection loop.
+func (s *Sender) run(ctx context.Context) {
+	backoff := s.cfg.MinBackoff
+	for ctx.Err() == nil {
+		flowed, err := s.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.mu.Lock()
+		s.st.connected = false
+		if err != nil {
+			s.st.lastErr = err.Error()
+		}
+		s.broadcastLocked()
+		s.mu.Unlock()
+		if flowed {
+			backoff = s.cfg.MinBackoff
+		}
+		s.cfg.Logger.Warn("replication: link down, will reconnect", logDisk, s.cfg.Disk, logErr, err, "backoff", backoff)
+		// Jitter keeps two senders from retrying in step.
+		d := backoff/2 + rand.N(backoff/2+1)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if backoff *= 2; backoff > s.cfg.MaxBackoff {
+			backoff = s.cfg.MaxBackoff
+		}
+	}
+}
+
+// session runs one connection to its end. flowed reports whether the
+// handshake succeeded, so the backoff resets.
+func (s *Sender) session(parent context.Context) (flowed bool, err error) {
+	conn, err := s.cfg.Dial(parent)
+	if err != nil {
+		return false, fmt.Errorf("dial secondary: %w", err)
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	defer conn.Close()
+
+	fw, err := newFrameWriter(conn, s.compress)
+	if err != nil {
+		return false, err
+	}
+	defer fw.close()
+	fr := newFrameReader(conn)
+	defer fr.close()
+
+	st, err := s.handshake(ctx, conn, fw, fr)
+	if err != nil {
+		return false, err
+	}
+	s.cfg.Logger.Info("replication: connected", logDisk, s.cfg.Disk, logRemote, conn.RemoteAddr().String(),
+		"secondary_head", st.Head.Seq, "consistent", st.Consistent, "initialized", st.Initialized, "syncing", st.Sync != nil)
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cancel(s.readLoop(ctx, conn, fr))
+	}()
+	werr := s.writeLoop(ctx, conn, fw, st)
+	cancel(werr)
+	wg.Wait()
+	s.failVerifies(errLinkDown)
+	err = context.Cause(ctx)
+	if errors.Is(err, context.Canceled) && parent.Err() == nil {
+		err = werr
+	}
+	return true, err
+}
+
+// handshake sends Hello and reads Welcome, checking version and
+// divergence, and records the secondary's state.
+func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, fr *frameReader) (SinkState, error) {
+	head, err := s.src.Head(ctx)
+	if err != nil {
+		return SinkState{}, fmt.Errorf("read journal head: %w", err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.Timeout))
+	hello := helloMsg{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion,
+		Disk: s.cfg.Disk, Size: s.src.Size(), Head: head.Seq}
+	if _, err := fw.write(frameHello, hello.encode()); err != nil {
+		return SinkState{}, err
+	}
+	f, err := fr.next()
+	if err != nil {
+		return SinkState{}, fmt.Errorf("read welcome: %w", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	switch f.typ {
+	case frameWelcome:
+	case frameError:
+		return SinkState{}, peerError(f.payload)
+	default:
+		return SinkState{}, fmt.Errorf("%w: %s frame instead of welcome", ErrBadFrame, f.typ)
+	}
+	w, err := decodeWelcome(f.payload)
+	if err != nil {
+		return SinkState{}, err
+	}
+	if w.Version < MinProtocolVersion || w.Version > ProtocolVersion {
+		return SinkState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
+	}
+	st := w.State
+	diverged := st.Head.Seq > head.Seq || (st.Sync != nil && st.Sync.Base.Seq > head.Seq)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st.head = max(s.st.head, head.Seq)
+	if diverged {
+		s.st.diverged = true
+		return SinkState{}, fmt.Errorf("%w: secondary head seq=%d past primary head seq=%d", ErrDiverged, st.Head.Seq, head.Seq)
+	}
+	s.st.diverged = false
+	s.st.connected = true
+	s.st.lastErr = ""
+	s.st.ackHead = st.Head.Seq
+	s.st.consistent = st.Consistent
+	s.st.sent = st.Head.Seq
+	s.st.inflight = s.st.inflight[:0]
+	s.broadcastLocked()
+	return st, nil
+}
+
+// peerError turns an error frame into an error wrapping ErrRefused.
+func peerError(p []byte) error {
+	m, err := decodeError(p)
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: code %d: %s", ErrRefused, m.Code, m.Message)
+}
+
+// readLoop reads acknowledgements and verify responses until the
+// connection fails. Every frame must arrive within Timeout: the writer
+// pings an idle link and the secondary answers.
+func (s *Sender) readLoop(ctx context.Context, conn net.Conn, fr *frameReader) error {
+	for {
+		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.Timeout))
+		f, err := fr.next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return fmt.Errorf("read from secondary: %w", err)
+		}
+		switch f.typ {
+		case frameAck:
+			a, err := decodeAck(f.payload)
+			if err != nil {
+				return err
+			}
+			if err := s.onAck(ctx, a); err != nil {
+				return err
+			}
+		case frameVerifyResp:
+			m, err := decodeVerifyResp(f.payload)
+			if err != nil {
+				return err
+			}
+			s.deliverVerify(m)
+		case frameError:
+			return peerError(f.payload)
+		default:
+			return fmt.Errorf("%w: unexpected %s frame from secondary", ErrBadFrame, f.typ)
+		}
+	}
+}
+
+// onAck records an acknowledgement: pops what it covers, finishes a sync
+// that committed, releases consistent records at the source and wakes
+// WaitAcked.
+func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
+	s.mu.Lock()
+	if a.Head > s.st.sent {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: ack of seq=%d never sent (sent through %d)", ErrBadFrame, a.Head, s.st.sent)
+	}
+	if a.Head > s.st.ackHead {
+		s.st.ackHead = a.Head
+	}
+	i := 0
+	for ; i < len(s.st.inflight) && s.st.inflight[i].last <= s.st.ackHead; i++ {
+		s.st.ackedBytes += s.st.inflight[i].bytes
+	}
+	s.st.inflight = append(s.st.inflight[:0], s.st.inflight[i:]...)
+	if a.Consistent > s.st.consistent {
+		s.st.consistent = a.Consistent
+	}
+	if j := s.st.sync; j != nil && j.ended && !a.Syncing && a.Consistent >= j.end.Seq {
+		s.st.sync = nil
+		s.cfg.Logger.Info("replication: sync committed", logDisk, s.cfg.Disk, logSync, fmt.Sprintf("%016x", j.info.ID),
+			"full", j.info.Full, logSeq, a.Consistent, "took", time.Since(j.started).Round(time.Millisecond))
+	}
+	if s.st.sync == nil && s.st.ackHead >= s.st.head {
+		s.st.caughtUp = time.Now()
+	}
+	if s.st.degraded && s.st.sync == nil && len(s.st.inflight) == 0 {
+		s.st.degraded = false
+		s.cfg.Logger.Info("replication: secondary caught up, sync mode restored", logDisk, s.cfg.Disk)
+	}
+	release := uint64(0)
+	if !a.Syncing && s.st.consistent > s.st.srcAcked {
+		release = s.st.consistent
+		s.st.srcAcked = release
+	}
+	s.broadcastLocked()
+	s.mu.Unlock()
+	if release > 0 {
+		if err := s.src.Acked(ctx, release); err != nil {
+			return fmt.Errorf("release acknowledged records through seq=%d: %w", release, err)
+		}
+	}
+	return nil
+}
+
+// broadcastLocked wakes every WaitAcked.
+func (s *Sender) broadcastLocked() {
+	close(s.ackCh)
+	s.ackCh = make(chan struct{})
+}
+
+// normalizeRegions sorts, clips to [0, size) and merges regions.
+func normalizeRegions(rs []Region, size int64) []Region {
+	out := make([]Region, 0, len(rs))
+	for _, r := range rs {
+		if r.Off < 0 {
+			r.Len += r.Off
+			r.Off = 0
+		}
+		if r.Off >= size || r.Len <= 0 {
+			continue
+		}
+		if r.End() > size {
+			r.Len = size - r.Off
+		}
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Off < out[j].Off })
+	merged := out[:0]
+	for _, r := range out {
+		if n := len(merged); n > 0 && r.Off <= merged[n-1].End() {
+			if r.End() > merged[n-1].End() {
+				merged[n-1].Len = r.End() - merged[n-1].Off
+			}
+			continue
+		}
+		merged = append(merged, r)
+	}
+	return merged
+}

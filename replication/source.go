@@ -1,0 +1,96 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/tandem-dr/tandem/journal"
+)
+
+// ErrTruncated is returned (possibly wrapped) by Source.ReadFrom when the
+// records asked for are no longer kept: the journal reached its limit and
+// fell back to tracking dirty regions. The Sender answers it with a resync.
+var ErrTruncated = errors.New("replication: journal truncated")
+
+// Position is a point of a journal: a record's sequence number and its
+// chained checksum. The zero Position is the empty journal.
+type Position struct {
+	Seq uint64
+	Sum uint64
+}
+
+// Region is a byte range of a disk.
+type Region struct {
+	Off int64
+	Len int64
+}
+
+// End is the offset just after the region.
+func (r Region) End() int64 { return r.Off + r.Len }
+
+// SyncPlan is what the primary copies for an initial sync or a resync: the
+// regions to copy, read from the store after the plan is made, then the
+// records after Base.
+type SyncPlan struct {
+	// Base is the journal head when the plan was made. Records after it
+	// are shipped once the copy is complete, and the source keeps them
+	// until they are acknowledged.
+	Base Position
+	// Regions cover every write that is neither at or before the point
+	// the plan was asked from nor in a record after Base. For an initial
+	// sync, the allocated regions of the disk. They need not be sorted,
+	// merged or aligned.
+	Regions []Region
+}
+
+// Source is the primary's side of one protected disk: its journal and its
+// current store. The daemon implements it over the journaling tap. All
+// methods may be called concurrently.
+type Source interface {
+	// Size is the disk's size in bytes.
+	Size() int64
+
+	// Head is the newest record of the journal (the zero Position when
+	// the journal has never held one).
+	Head(ctx context.Context) (Position, error)
+
+	// ReadFrom calls fn with the records from seq from onwards, in order,
+	// up to the head at some moment during the call, and returns nil; or
+	// the first error from fn, which stops the reading. It returns an
+	// error wrapping ErrTruncated, without calling fn, when record from
+	// is no longer kept (and from is not past the head). fn may keep
+	// neither the record's Data nor the record after it returns.
+	ReadFrom(ctx context.Context, from uint64, fn func(journal.Record) error) error
+
+	// WaitAfter returns nil once the head is past seq, or ctx's error.
+	WaitAfter(ctx context.Context, seq uint64) error
+
+	// Acked tells the source that the secondary holds a consistent copy
+	// of every write up to and including seq, durably: records up to seq
+	// may be released, and dirty-region marks for writes up to seq may be
+	// forgotten. seq never goes backwards within one Sender.
+	Acked(ctx context.Context, seq uint64) error
+
+	// StartSync plans an initial sync (full) or a resync. For a full
+	// sync the plan's regions are the disk's allocated regions; for a
+	// resync, regions covering every write after seq `after` (the
+	// secondary's consistent point) that is not in a record after the
+	// plan's Base: the dirty regions, plus the ranges of the kept records
+	// in (after, Base]. Dirty marks stay until Acked passes them: a sync
+	// interrupted by a restart is planned again from them.
+	StartSync(ctx context.Context, full bool, after uint64) (SyncPlan, error)
+
+	// ReadAt reads the current store. Any write whose data it returns must
+	// be in a record at or before the Head read after it returns, or in a
+	// dirty region (the tap journals before it writes the store).
+	io.ReaderAt
+}
+
+// Backlogger is implemented by sources that can count the records and
+// bytes after a sequence number cheaply. When absent, the Sender estimates
+// the lag in bytes from the records it has read.
+type Backlogger interface {
+	// Backlog counts the records after seq and their data bytes.
+	Backlog(ctx context.Context, after uint64) (records, bytes uint64, err error)
+}
