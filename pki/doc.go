@@ -25,6 +25,21 @@
 // PairServer); every other one needs a certificate from a paired site
 // (PeerSite names it).
 //
+// How the daemon uses it:
+//
+//	id, err := pki.Load(filepath.Join(data, "pki"))           // pki.Init at tandem init
+//	ln = tls.NewListener(tcpLn, id.ServerTLS(id.Peers()))      // replication listener
+//	tc := conn.(*tls.Conn); err = tc.HandshakeContext(ctx)     // a refusal here is a log line
+//	if tc.ConnectionState().NegotiatedProtocol == pki.ALPNPairing {
+//		peer, err := pki.PairServer(ctx, tc, id, id.Tokens())
+//	} else {
+//		site, err := pki.PeerSite(tc.ConnectionState())       // the authenticated peer
+//	}
+//	tok, err := id.NewToken("dr-b.example:7800", 0)            // tandem pair token
+//	t, err := pki.ParseToken(arg); c, err := net.Dial("tcp", t.Address)
+//	peer, err := pki.PairClient(ctx, c, id, t)                 // tandem pair add
+//	tls.Client(c, id.ClientTLS(peer.Site))                     // replication dial
+//
 // pki knows nothing of journals, disks, NBD framing or the replication
 // protocol; it does no logging and returns errors that say what was
 // refused and why, for the daemon to log.

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,23 +169,34 @@ func TestLoadDetectsMismatchedFiles(t *testing.T) {
 // failFS fails WriteFile for one base name, once.
 type failFS struct {
 	pki.OSFS
+	mu   sync.Mutex
 	name string
 	err  error
 }
 
+func (f *failFS) failNext(name string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.name, f.err = name, err
+}
+
 func (f *failFS) WriteFile(name string, data []byte, perm fs.FileMode) error {
+	f.mu.Lock()
 	if filepath.Base(name) == f.name && f.err != nil {
 		err := f.err
 		f.err = nil
+		f.mu.Unlock()
 		return err
 	}
+	f.mu.Unlock()
 	return f.OSFS.WriteFile(name, data, perm)
 }
 
 func TestInitFailureLeavesNoIdentity(t *testing.T) {
 	dir := t.TempDir()
 	enospc := errors.New("no space left on device")
-	fsys := &failFS{name: "cert.pem", err: enospc}
+	fsys := &failFS{}
+	fsys.failNext("cert.pem", enospc)
 	_, err := pki.Init(dir, "a", pki.WithFS(fsys))
 	wantErr(t, "Init with cert.pem failing", err, enospc)
 	_, err = pki.Load(dir)

@@ -3,6 +3,7 @@ package pki_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -362,4 +363,31 @@ func tcpProxy(t *testing.T, target string) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// When the secondary cannot record the token as used, the pairing is
+// undone on both sides and the token still works.
+func TestPairingUndoneWhenTokenCannotBeConsumed(t *testing.T) {
+	primary := newSite(t, "primary", nil)
+	fsys := &failFS{}
+	secondary, err := pki.Init(t.TempDir(), "secondary", pki.WithFS(fsys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := listen(t, secondary)
+	tok := issue(t, secondary, l.addr, 0)
+	eio := errors.New("input/output error")
+	fsys.failNext(tok.ID+".json", eio)
+	_, err = pair(t, primary, l.addr, tok)
+	wantErr(t, "PairClient while the token cannot be consumed", err, pki.ErrPairRefused)
+	wantErr(t, "PairServer while the token cannot be consumed", l.next(t).err, eio)
+	if len(secondary.Peers().List()) != 0 || len(primary.Peers().List()) != 0 {
+		t.Fatalf("a pairing whose token was not consumed left peers: secondary %v, primary %v", secondary.Peers().List(), primary.Peers().List())
+	}
+	if _, err := pair(t, primary, l.addr, tok); err != nil {
+		t.Fatalf("PairClient retry: %v", err)
+	}
+	if ev := l.next(t); ev.err != nil {
+		t.Fatalf("PairServer retry: %v", ev.err)
+	}
 }

@@ -2,6 +2,8 @@ package pki_test
 
 import (
 	"encoding/base64"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +125,34 @@ func TestNewToken(t *testing.T) {
 		if _, err := id.NewToken(bad.addr, bad.ttl); err == nil {
 			t.Errorf("NewToken(%q, %v): got nil error, want one", bad.addr, bad.ttl)
 		}
+	}
+}
+
+func TestTokenRecordsPurged(t *testing.T) {
+	c := newClock()
+	id := newSite(t, "b", c)
+	old := issue(t, id, "h:1", time.Minute)
+	if old.Expired(c.Now()) {
+		t.Error("fresh token: Expired() = true, want false")
+	}
+	c.Advance(2 * time.Minute)
+	if !old.Expired(c.Now()) {
+		t.Error("token 2 minutes after a 1-minute validity: Expired() = false, want true")
+	}
+	records := func() int {
+		entries, err := os.ReadDir(filepath.Join(id.Dir(), "tokens"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(entries)
+	}
+	issue(t, id, "h:1", 0)
+	if got := records(); got != 2 {
+		t.Errorf("token records 2 minutes on = %d, want 2 (the expired one is kept a day to name replays)", got)
+	}
+	c.Advance(25 * time.Hour)
+	issue(t, id, "h:1", 0)
+	if got := records(); got != 1 {
+		t.Errorf("token records a day on = %d, want only the new one", got)
 	}
 }
