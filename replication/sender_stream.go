@@ -321,7 +321,7 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		if count == 0 {
 			first = r.Time
 		}
-		if (r.Kind == journal.KindWrite || r.Kind == journal.KindZero || r.Kind == journal.KindTrim) {
+		if r.Kind == journal.KindWrite || r.Kind == journal.KindZero || r.Kind == journal.KindTrim {
 			track = append(track, trackedWrite{seq: r.Seq, off: r.Off, len: r.Len})
 		}
 		count++

@@ -1,0 +1,254 @@
+package replication_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-dr/tandem/replication"
+	"github.com/tandem-dr/tandem/replication/replicationtest"
+)
+
+const diskSize = 16 << 20
+
+func TestShipUnderConcurrentWrites(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, nil)
+
+	stop := make(chan struct{})
+	wg := load(src, 3, stop, 0)
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 20*time.Second)
+	st := s.Status(context.Background())
+	if st.RawBytes == 0 || st.WireBytes >= st.RawBytes {
+		t.Errorf("wire %d bytes for %d raw; want compression below raw", st.WireBytes, st.RawBytes)
+	}
+	if got := src.Acknowledged(); got != st.HeadSeq {
+		t.Errorf("source released through %d; want the head %d", got, st.HeadSeq)
+	}
+	if kept := src.Kept(); kept != 0 {
+		t.Errorf("source keeps %d records after everything was acknowledged; want 0", kept)
+	}
+	if _, err := sink.CheckChain(context.Background()); err != nil {
+		t.Errorf("replica journal chain: %v", err)
+	}
+}
+
+func TestInitialSyncWhileWriting(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	// Data before protection: the initial sync copies it.
+	for off := int64(0); off < diskSize/2; off += 1 << 20 {
+		src.Write(off, []byte(strings.Repeat("before protection ", 1000)))
+	}
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	stop := make(chan struct{})
+	wg := load(src, 2, stop, 50*time.Microsecond)
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.RegionSize = 128 << 10; c.Bandwidth = 40 << 20 })
+	sawSync := false
+	for i := 0; i < 100; i++ {
+		st := s.Status(context.Background())
+		if st.State == replication.StateInitialSync {
+			sawSync = true
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if !sawSync {
+		t.Errorf("never saw state %s", replication.StateInitialSync)
+	}
+	if got := sink.Commits(); got != 1 {
+		t.Errorf("sink committed %d syncs; want 1", got)
+	}
+}
+
+func TestResumeAfterCuts(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	proxy := replicationtest.NewProxy(t, sec.addr())
+	d := newDialer(proxy.Addr())
+	s, _ := startSender(t, src, d.dial, nil)
+	stop := make(chan struct{})
+	wg := load(src, 2, stop, 20*time.Microsecond)
+	for i := 0; i < 30; i++ {
+		time.Sleep(time.Duration(20+i*3) * time.Millisecond)
+		proxy.Cut()
+	}
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if proxy.Cuts() < 10 {
+		t.Errorf("only %d cuts hit a live connection; want at least 10", proxy.Cuts())
+	}
+	if got := sink.Commits(); got != 1 {
+		t.Errorf("sink committed %d syncs; want only the initial one (resume, not resync)", got)
+	}
+}
+
+func TestRestartSecondary(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, nil)
+	stop := make(chan struct{})
+	wg := load(src, 2, stop, 20*time.Microsecond)
+	for i := 0; i < 5; i++ {
+		time.Sleep(150 * time.Millisecond)
+		sec.stop()
+		sink.Crash()
+		time.Sleep(50 * time.Millisecond)
+		sec = startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+		d.addr.Store(sec.addr())
+	}
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 30*time.Second)
+}
+
+func TestRestartPrimary(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	for off := int64(0); off < diskSize; off += 1 << 20 {
+		src.Write(off, []byte(strings.Repeat("x", 100000)))
+	}
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	stop := make(chan struct{})
+	wg := load(src, 2, stop, 20*time.Microsecond)
+	var s *replication.Sender
+	for i := 0; i < 6; i++ {
+		// A slow link so that some restarts land in the initial sync.
+		s, _ = startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Bandwidth = 30 << 20; c.RegionSize = 64 << 10 })
+		time.Sleep(time.Duration(40+40*i) * time.Millisecond)
+		closeSender(t, s)
+	}
+	s, _ = startSender(t, src, d.dial, nil)
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 30*time.Second)
+}
+
+func TestOverflowResync(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 512<<10)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, logs := startSender(t, src, d.dial, nil)
+	src.Write(0, []byte("first"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	// The secondary goes away; writes go on and overflow the journal.
+	d.failing.Store(true)
+	proxyCut(t, sec, d)
+	stop := make(chan struct{})
+	wg := load(src, 2, stop, 10*time.Microsecond)
+	for src.Dropped() == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	d.failing.Store(false)
+	sawResync := false
+	for i := 0; i < 200 && !sawResync; i++ {
+		sawResync = s.Status(context.Background()).State == replication.StateResync
+		time.Sleep(2 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if !strings.Contains(logs.String(), "resyncing dirty regions") && !sawResync {
+		t.Errorf("no resync seen; sender log:\n%s", logs.String())
+	}
+	if got := sink.Commits(); got < 2 {
+		t.Errorf("sink committed %d syncs; want the initial sync and at least one resync", got)
+	}
+}
+
+// proxyCut drops the sender's current connection by restarting the
+// secondary on the same sinks.
+func proxyCut(t *testing.T, sec *secondary, d *dialer) {
+	t.Helper()
+	sec.stop()
+	ns := startSecondary(t, "", sec.sinks)
+	d.addr.Store(ns.addr())
+}
+
+func TestWaitAckedSyncMode(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, logs := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.SyncTimeout = 300 * time.Millisecond })
+	src.Write(0, []byte("boot"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+	ctx := context.Background()
+	for i := 0; i < 200; i++ {
+		seq := src.Write(int64(i)*4096, []byte("sync write"))
+		if err := s.WaitAcked(ctx, seq); err != nil {
+			t.Fatalf("WaitAcked(%d): %v", seq, err)
+		}
+		st, _ := sink.State(ctx)
+		if st.Head.Seq < seq {
+			t.Fatalf("WaitAcked(%d) returned with the secondary's durable head at %d", seq, st.Head.Seq)
+		}
+	}
+
+	// Peer away: the default policy falls back to async after SyncTimeout.
+	d.failing.Store(true)
+	proxyCut(t, sec, d)
+	seq := src.Write(0, []byte("while away"))
+	start := time.Now()
+	if err := s.WaitAcked(ctx, seq); err != nil {
+		t.Fatalf("WaitAcked while away: %v; want nil (fallback to async)", err)
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond || waited > 3*time.Second {
+		t.Errorf("WaitAcked waited %v; want about SyncTimeout (300ms)", waited)
+	}
+	if st := s.Status(ctx); !st.SyncDegraded {
+		t.Errorf("status SyncDegraded = false after fallback; want true")
+	}
+	if !strings.Contains(logs.String(), "falls back to async") {
+		t.Errorf("no fallback alert in the log:\n%s", logs.String())
+	}
+	start = time.Now()
+	if err := s.WaitAcked(ctx, src.Write(4096, []byte("x"))); err != nil || time.Since(start) > 100*time.Millisecond {
+		t.Errorf("WaitAcked while degraded: %v after %v; want nil at once", err, time.Since(start))
+	}
+	d.failing.Store(false)
+	waitSynced(t, s, src, sink, 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Status(ctx).SyncDegraded && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s.Status(ctx).SyncDegraded {
+		t.Errorf("still degraded after the secondary caught up")
+	}
+}
+
+func TestWaitAckedHoldPolicy(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	d := newDialer("127.0.0.1:1")
+	d.failing.Store(true)
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+		c.SyncTimeout = 100 * time.Millisecond
+		c.PeerAway = replication.HoldWrites
+	})
+	err := s.WaitAcked(context.Background(), src.Write(0, []byte("held")))
+	if !errors.Is(err, replication.ErrSyncTimeout) {
+		t.Errorf("WaitAcked with the peer away under HoldWrites = %v; want ErrSyncTimeout", err)
+	}
+}
