@@ -28,17 +28,18 @@
 // How the daemon uses it:
 //
 //	id, err := pki.Load(filepath.Join(data, "pki"))           // pki.Init at tandem init
-//	ln = tls.NewListener(tcpLn, id.ServerTLS(id.Peers()))      // replication listener
-//	tc := conn.(*tls.Conn); err = tc.HandshakeContext(ctx)     // a refusal here is a log line
-//	if tc.ConnectionState().NegotiatedProtocol == pki.ALPNPairing {
-//		peer, err := pki.PairServer(ctx, tc, id, id.Tokens())
-//	} else {
-//		site, err := pki.PeerSite(tc.ConnectionState())       // the authenticated peer
-//	}
+//	ln, err := pki.NewListener(tcpLn, pki.ListenerConfig{Identity: id, Logger: log})
+//	// ln serves pairing itself and Accept returns only handshaken
+//	// *tls.Conn from paired sites: hand it to replication.Server.Serve,
+//	// with Identify = pki.PeerSite(conn.(*tls.Conn).ConnectionState()).
 //	tok, err := id.NewToken("dr-b.example:7800", 0)            // tandem pair token
 //	t, err := pki.ParseToken(arg); c, err := net.Dial("tcp", t.Address)
 //	peer, err := pki.PairClient(ctx, c, id, t)                 // tandem pair add
-//	tls.Client(c, id.ClientTLS(peer.Site))                     // replication dial
+//	conn, err := id.DialPeer(ctx, peer.Site, "")               // replication dial
+//
+// Without Listener, the same by hand: tls.Server(c, id.ServerTLS(id.Peers())),
+// HandshakeContext (a refusal is a log line), then PairServer when the
+// negotiated protocol is ALPNPairing, else PeerSite.
 //
 // pki knows nothing of journals, disks, NBD framing or the replication
 // protocol; it does no logging and returns errors that say what was
