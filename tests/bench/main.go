@@ -31,7 +31,8 @@ func main() {
 
 	// Every suite adds itself here, one line each.
 	suites := map[string]suite{
-		"nbd": benchNBD,
+		"nbd":  benchNBD,
+		"fuse": benchFUSE,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
