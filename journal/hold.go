@@ -170,3 +170,26 @@ func (l *Log) DeleteMeta(key string) error {
 	}
 	return nil
 }
+
+// MetaPrefix returns every metadata value whose key starts with prefix,
+// keyed by the rest of the key.
+func (l *Log) MetaPrefix(prefix string) (map[string][]byte, error) {
+	out := make(map[string][]byte)
+	p := metaKey(l.id, prefix)
+	err := l.s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			out[string(it.Item().Key()[len(p):])] = v
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("meta %s* on %s: %w", prefix, l.name, err)
+	}
+	return out, nil
+}
