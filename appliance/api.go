@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 )
 
 // The API routes, all JSON:
@@ -19,7 +20,7 @@ import (
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/site", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, SiteInfo{Site: d.cfg.Site, DataDir: d.dataDir})
+		writeJSON(w, http.StatusOK, d.SiteInfo())
 	})
 	mux.HandleFunc("GET /v1/disks", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.Disks(r.Context()))
@@ -63,10 +64,24 @@ func (d *Daemon) apiHandler() http.Handler {
 	return mux
 }
 
-// SiteInfo describes the site.
+// SiteInfo describes the site and where it serves.
 type SiteInfo struct {
-	Site    string `json:"site"`
-	DataDir string `json:"data_dir"`
+	Site    string   `json:"site"`
+	DataDir string   `json:"data_dir"`
+	NBD     []string `json:"nbd"`            // NBD listeners, unix paths absolute
+	FUSE    string   `json:"fuse,omitempty"` // the FUSE mount point, when mounted
+}
+
+// SiteInfo describes the site.
+func (d *Daemon) SiteInfo() SiteInfo {
+	si := SiteInfo{Site: d.cfg.Site, DataDir: d.dataDir, FUSE: d.opts.FUSE}
+	for _, a := range d.opts.NBD {
+		if network, addr, err := ParseAddr(a); err == nil && network == "unix" && !filepath.IsAbs(addr) {
+			a = "unix:" + filepath.Join(d.dataDir, addr)
+		}
+		si.NBD = append(si.NBD, a)
+	}
+	return si
 }
 
 // maxBody bounds a request body: every API request is small.

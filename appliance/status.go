@@ -49,12 +49,13 @@ func (d *Daemon) Status(ctx context.Context, name string) ([]DiskStatus, error) 
 			continue
 		}
 		r, w := od.meter.rates(now)
+		oldest, _ := od.log.Base()
 		out = append(out, DiskStatus{
 			Name:         di.Name,
 			Role:         di.Role,
 			State:        di.State,
 			NewestPoint:  di.JournalHead,
-			OldestPoint:  od.log.Oldest(),
+			OldestPoint:  oldest,
 			ReadBps:      r,
 			WriteBps:     w,
 			JournalBytes: di.JournalBytes,

@@ -24,7 +24,7 @@ func main() {
 // 0 success, 1 failure, 2 usage.
 func run(ctx context.Context, args []string) int {
 	app := newApp()
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, permuteArgs(app, args))
 	if err == nil {
 		return 0
 	}
@@ -73,6 +73,8 @@ func newApp() *cli.App {
 			serveCommand(),
 			diskCommand(),
 			statusCommand(),
+			attachCommand(),
+			detachCommand(),
 			nbdCommand(),
 			demoCommand(),
 		},
