@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -59,4 +60,17 @@ func needArgs(c *cli.Context, n int, names string) error {
 		return usagef("%s: want %s", c.Command.FullName(), names)
 	}
 	return nil
+}
+
+// groupAction is the Action of a command group: a missing or unknown
+// subcommand is a usage error (exit 2) that names the choices.
+func groupAction(c *cli.Context) error {
+	names := make([]string, 0, len(c.Command.Subcommands))
+	for _, s := range c.Command.Subcommands {
+		names = append(names, s.Name)
+	}
+	if c.NArg() == 0 {
+		return usagef("%s: want a subcommand: %s", c.Command.FullName(), strings.Join(names, ", "))
+	}
+	return usagef("%s: unknown subcommand %q (want %s)", c.Command.FullName(), c.Args().First(), strings.Join(names, ", "))
 }

@@ -11,8 +11,9 @@ import (
 
 func diskCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "disk",
-		Usage: "manage protected disks",
+		Name:   "disk",
+		Usage:  "manage protected disks",
+		Action: groupAction,
 		Subcommands: []*cli.Command{
 			{
 				Name:      "create",

@@ -64,6 +64,10 @@ func newApp() *cli.App {
 				Value:   "./tandem-data",
 			},
 		},
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(os.Stderr, "tandem: unknown command %q (see tandem --help)\n", name)
+			os.Exit(2)
+		},
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageError{err}
 		},
