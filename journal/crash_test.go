@@ -142,10 +142,15 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		var maxCommitted uint64
 		lines := make(chan struct{})
+		started := make(chan struct{})
 		go func() {
 			defer close(lines)
 			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
+			for first := true; sc.Scan(); {
+				if first {
+					close(started)
+					first = false
+				}
 				f := strings.Fields(sc.Text())
 				if len(f) != 2 {
 					continue
@@ -154,7 +159,13 @@ func TestCrashRecovery(t *testing.T) {
 				maxCommitted = max(maxCommitted, seq)
 			}
 		}()
-		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		// Kill at a random moment once the child is appending.
+		select {
+		case <-started:
+		case <-lines:
+		case <-time.After(30 * time.Second):
+		}
+		time.Sleep(time.Duration(rand.IntN(500)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatalf("round %d: kill child: %v", round, err)
 		}
