@@ -169,6 +169,22 @@ func Mount(ctx context.Context, dir string, src Source, opts Options, logger *sl
 	return f, nil
 }
 
+// Invalidate tells the kernel to drop what it caches of DIR/dir/name (the
+// name and its attributes), so that a file the source just removed or
+// replaced is looked up again at once rather than after
+// Options.EntryTimeout. Opens always ask the source, so calling it is
+// never needed for correctness.
+func (f *FS) Invalidate(dir, name string) {
+	d := f.root.GetChild(dir)
+	if d == nil {
+		return // never looked up, nothing cached
+	}
+	if ch := d.GetChild(name); ch != nil {
+		ch.NotifyContent(0, 0)
+	}
+	d.NotifyEntry(name)
+}
+
 // Dir returns the mount point.
 func (f *FS) Dir() string { return f.dir }
 

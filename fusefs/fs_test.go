@@ -191,12 +191,12 @@ func TestFallocate(t *testing.T) {
 
 func TestSeekDataHole(t *testing.T) {
 	m, path := oneDisk(t, 8*mib)
-	m.extents = []fusefs.Extent{
+	m.setExtents([]fusefs.Extent{
 		{Length: mib}, // data
 		{Length: 2 * mib, Hole: true, Zero: true}, // hole
 		{Length: mib, Zero: true},                 // allocated zeroes: data
 		{Length: 4 * mib, Hole: true, Zero: true}, // hole to the end
-	}
+	})
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -451,4 +451,26 @@ func mounted(t *testing.T, dir string) bool {
 		t.Fatal(err)
 	}
 	return bytes.Contains(b, []byte(" "+dir+" "))
+}
+
+func TestInvalidate(t *testing.T) {
+	var set fusefs.Set
+	set.Put(fusefs.Entry{Dir: fusefs.DirDisks, Name: "a", File: newMemFile(mib)})
+	fsys, dir := mount(t, &set, fusefs.Options{EntryTimeout: time.Hour, AttrTimeout: time.Hour})
+	path := filepath.Join(dir, "disks", "a")
+	if _, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	}
+	set.Put(fusefs.Entry{Dir: fusefs.DirDisks, Name: "a", File: newMemFile(2 * mib)})
+	fsys.Invalidate(fusefs.DirDisks, "a")
+	st, err := os.Stat(path)
+	if err != nil || st.Size() != 2*mib {
+		t.Errorf("stat after replace and Invalidate: got %v, %v; want size %d", st, err, 2*mib)
+	}
+	set.Delete(fusefs.DirDisks, "a")
+	fsys.Invalidate(fusefs.DirDisks, "a")
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stat after delete and Invalidate: got %v, want ENOENT", err)
+	}
+	fsys.Invalidate("nothing", "here") // never looked up: no-op
 }

@@ -81,6 +81,12 @@ func (m *memFile) Extents(off, length int64) ([]fusefs.Extent, error) {
 	return out, nil
 }
 
+func (m *memFile) setExtents(es []fusefs.Extent) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.extents = es
+}
+
 func (m *memFile) snapshot() []byte {
 	m.mu.Lock()
 	defer m.mu.Unlock()
