@@ -102,3 +102,44 @@ func EncodeRecords(recs []journal.Record) []byte {
 func EncodeVerifyRequest(regions []Region) []byte {
 	return verifyReqMsg{ID: 1, Regions: regions}.encode()
 }
+
+// Further frame types and payloads for tests that speak the protocol by
+// hand.
+const (
+	FrameSyncBegin = uint8(frameSyncBegin)
+	FrameSyncEnd   = uint8(frameSyncEnd)
+	FrameError     = uint8(frameError)
+)
+
+// EncodeSyncBegin is a SyncBegin payload.
+func EncodeSyncBegin(id uint64, full bool, base Position, total int64) []byte {
+	return syncBeginMsg{ID: id, Full: full, Base: base, Total: total}.encode()
+}
+
+// EncodeSyncEnd is a SyncEnd payload.
+func EncodeSyncEnd(id uint64, end Position) []byte { return syncEndMsg{ID: id, End: end}.encode() }
+
+// FrameReader returns a function reading successive frames from r.
+func FrameReader(r io.Reader) func() (uint8, []byte, error) {
+	fr := newFrameReader(r)
+	return func() (uint8, []byte, error) {
+		f, err := fr.next()
+		if err != nil {
+			return 0, nil, err
+		}
+		return uint8(f.typ), append([]byte(nil), f.payload...), nil
+	}
+}
+
+// DecodeErrorFrame returns an error frame's code and message.
+func DecodeErrorFrame(p []byte) (uint16, string, error) {
+	m, err := decodeError(p)
+	return m.Code, m.Message, err
+}
+
+// Error frame codes.
+const (
+	ErrCodeCorrupt     = errCodeCorrupt
+	ErrCodeUnknownDisk = errCodeUnknownDisk
+	ErrCodeVersion     = errCodeVersion
+)

@@ -217,6 +217,9 @@ func (r *receiver) onRecords(p []byte) error {
 	if s := r.st.Sync; s != nil && !s.Ended {
 		return refuse(errCodeProtocol, fmt.Errorf("%w: records before the sync copy ended", errProtocol))
 	}
+	if r.st.Sync == nil && !r.st.Initialized {
+		return refuse(errCodeProtocol, fmt.Errorf("%w: records before an initial sync", errProtocol))
+	}
 	n0 := len(r.pending)
 	recs, err := decodeRecords(p, r.pending)
 	if err != nil {

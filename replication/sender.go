@@ -286,7 +286,13 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 	s.st.diverged = false
 	s.st.connected = true
 	s.st.lastErr = ""
+	// During a sync the secondary's records past its consistent point may
+	// yet be discarded (a new sync replaces this one): they do not count
+	// as held until the sync commits.
 	s.st.ackHead = st.Head.Seq
+	if st.Sync != nil {
+		s.st.ackHead = st.Consistent
+	}
 	s.st.consistent = st.Consistent
 	s.st.sent = st.Head.Seq
 	s.st.inflight = s.st.inflight[:0]

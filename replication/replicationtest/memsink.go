@@ -24,6 +24,10 @@ type MemSink struct {
 	commits int
 	gaps    []string
 
+	// JournalLimit, when positive, bounds the records kept in the journal
+	// (the oldest go first), for long benchmarks.
+	JournalLimit int
+
 	// FailAppend, when set, is called by AppendReceived; an error fails
 	// the call with nothing appended.
 	FailAppend func(recs []journal.Record) error
@@ -71,7 +75,6 @@ func (s *MemSink) AppendReceived(ctx context.Context, recs []journal.Record) err
 			s.gaps = append(s.gaps, fmt.Sprintf("record seq=%d after head seq=%d", r.Seq, s.state.Head.Seq))
 			return fmt.Errorf("memsink: record seq=%d does not follow head seq=%d", r.Seq, s.state.Head.Seq)
 		}
-		r.Data = append([]byte(nil), r.Data...)
 		s.state.Head = replication.Position{Seq: r.Seq, Sum: r.Sum}
 		if s.state.Sync != nil {
 			s.pending = append(s.pending, r)
@@ -80,6 +83,7 @@ func (s *MemSink) AppendReceived(ctx context.Context, recs []journal.Record) err
 		s.applyLocked(r)
 		s.journal = append(s.journal, r)
 	}
+	s.trimLocked()
 	if s.state.Sync == nil {
 		s.state.Consistent = s.state.Head.Seq
 	}
@@ -171,6 +175,7 @@ func (s *MemSink) CommitSync(ctx context.Context) error {
 		s.applyLocked(r)
 	}
 	s.journal = append(s.journal, s.pending...)
+	s.trimLocked()
 	s.staged, s.pending = nil, nil
 	s.state.Sync = nil
 	s.state.Initialized = true
@@ -256,4 +261,12 @@ func (s *MemSink) Corrupt(off int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.store[off] ^= 0xff
+}
+
+func (s *MemSink) trimLocked() {
+	if s.JournalLimit > 0 && len(s.journal) > s.JournalLimit {
+		n := len(s.journal) - s.JournalLimit
+		clear(s.journal[:n])
+		s.journal = s.journal[n:]
+	}
 }

@@ -1,0 +1,240 @@
+package replication_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tandem-dr/tandem/journal"
+	"github.com/tandem-dr/tandem/replication"
+	"github.com/tandem-dr/tandem/replication/replicationtest"
+)
+
+// handshake dials the secondary and sends a Hello, returning the
+// connection and the answer frame's type and payload.
+func handshake(t *testing.T, addr, disk string, size int64, minV, maxV uint16) (net.Conn, func() (uint8, []byte, error), uint8, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(replication.EncodeFrame(replication.FrameHello, replication.EncodeHello(disk, size, minV, maxV), false)); err != nil {
+		t.Fatalf("write hello: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	next := replication.FrameReader(c)
+	typ, p, err := next()
+	if err != nil {
+		t.Fatalf("read answer to hello: %v", err)
+	}
+	return c, next, typ, p
+}
+
+func wantErrorFrame(t *testing.T, typ uint8, p []byte, code uint16, text string) {
+	t.Helper()
+	if typ != replication.FrameError {
+		t.Fatalf("answer frame type %d; want an error frame", typ)
+	}
+	gotCode, msg, err := replication.DecodeErrorFrame(p)
+	if err != nil || gotCode != code || !strings.Contains(msg, text) {
+		t.Fatalf("error frame code %d %q (%v); want code %d containing %q", gotCode, msg, err, code, text)
+	}
+}
+
+func TestServerRefusesUnknownDiskAndVersion(t *testing.T) {
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	_, _, typ, p := handshake(t, sec.addr(), "nosuch", diskSize, 1, 1)
+	wantErrorFrame(t, typ, p, replication.ErrCodeUnknownDisk, "unknown disk")
+	_, _, typ, p = handshake(t, sec.addr(), "vm1", diskSize, 7, 9)
+	wantErrorFrame(t, typ, p, replication.ErrCodeVersion, "no common protocol version")
+	if logs := sec.logs.String(); !strings.Contains(logs, "refused connection") {
+		t.Errorf("no refusal logged:\n%s", logs)
+	}
+
+	// The sender reports the refusal.
+	src := replicationtest.NewMemSource(diskSize, 0)
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Disk = "nosuch" })
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(s.Status(context.Background()).LastError, "unknown disk") {
+		if time.Now().After(deadline) {
+			t.Fatalf("sender status %+v; want LastError naming the unknown disk", s.Status(context.Background()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestBadRecordRefusedNothingApplied(t *testing.T) {
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	c, next, typ, _ := handshake(t, sec.addr(), "vm1", diskSize, 1, 1)
+	if typ != replication.FrameWelcome {
+		t.Fatalf("answer frame type %d; want welcome", typ)
+	}
+	recs := sealed(3, 4096)
+	end := replication.Position{Seq: 3, Sum: recs[2].Sum}
+	recs[1].Data[100] ^= 1 // damaged after sealing: the chain check must catch it
+	var stream []byte
+	stream = append(stream, replication.EncodeFrame(replication.FrameSyncBegin, replication.EncodeSyncBegin(7, true, replication.Position{}, 0), false)...)
+	stream = append(stream, replication.EncodeFrame(replication.FrameSyncEnd, replication.EncodeSyncEnd(7, end), false)...)
+	stream = append(stream, replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs), true)...)
+	if _, err := c.Write(stream); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	var typ2 uint8
+	var p []byte
+	for {
+		var err error
+		typ2, p, err = next()
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if typ2 != replication.FrameAck {
+			break
+		}
+	}
+	wantErrorFrame(t, typ2, p, replication.ErrCodeCorrupt, "seq=2")
+	st, _ := sink.State(context.Background())
+	if st.Head.Seq != 0 || st.Initialized || len(sink.Records()) != 0 {
+		t.Errorf("sink head %d, initialized %v, %d records after a refused batch; want nothing applied", st.Head.Seq, st.Initialized, len(sink.Records()))
+	}
+	waitLog(t, sec.logs, "refused frame")
+}
+
+func waitLog(t *testing.T, l *logBuffer, text string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(l.String(), text) {
+		if time.Now().After(deadline) {
+			t.Fatalf("log has no %q:\n%s", text, l.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// garbler flips one bit in the n-th write on a connection.
+type garbler struct {
+	net.Conn
+	writes atomic.Int64
+	at     int64
+}
+
+func (g *garbler) Write(p []byte) (int, error) {
+	if g.writes.Add(1) == g.at && len(p) > 40 {
+		q := append([]byte(nil), p...)
+		q[len(q)-20] ^= 0x10
+		return g.Conn.Write(q)
+	}
+	return g.Conn.Write(p)
+}
+
+func TestGarbledFrameRefused(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	src.Write(0, []byte("before"))
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	var once sync.Once
+	var applied atomic.Int64
+	sink.FailAppend = func(recs []journal.Record) error {
+		for _, r := range recs {
+			if string(r.Data) == "garbled in flight" {
+				applied.Add(1)
+			}
+		}
+		return nil
+	}
+	d.wrap = func(c net.Conn) net.Conn {
+		var out net.Conn = c
+		once.Do(func() { out = &garbler{Conn: c, at: 7} })
+		return out
+	}
+	s, slog := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Compress = replication.CompressNone })
+	waitSynced(t, s, src, sink, 10*time.Second)
+	for i := 0; i < 20; i++ {
+		src.Write(int64(i)*4096, []byte("garbled in flight"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitSynced(t, s, src, sink, 10*time.Second)
+	waitLog(t, sec.logs, "refused frame")
+	if !strings.Contains(sec.logs.String(), "checksum") {
+		t.Errorf("refusal does not name the checksum:\n%s", sec.logs.String())
+	}
+	if !strings.Contains(slog.String(), "refused by peer") {
+		t.Errorf("sender log does not show the refusal:\n%s", slog.String())
+	}
+	if got := applied.Load(); got != 20 {
+		t.Errorf("records appended %d times; want each of the 20 exactly once", got)
+	}
+}
+
+// TestOrderKept writes a chain of dependent writes (write i puts i into
+// block i mod N) while the link is cut now and then, and checks at many
+// moments that the replica never shows a write without all earlier ones.
+func TestOrderKept(t *testing.T) {
+	const blocks = 64
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	proxy := replicationtest.NewProxy(t, sec.addr())
+	d := newDialer(proxy.Addr())
+	s, _ := startSender(t, src, d.dial, nil)
+	src.Write(diskSize-4096, []byte("init"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+	base, _ := src.Head(context.Background())
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := uint64(1); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			src.Write(int64(i%blocks)*4096, []byte(fmt.Sprintf("%020d", i)))
+			if i%50 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	checks := 0
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if checks%40 == 39 {
+			proxy.Cut()
+		}
+		img, seq := sink.Snapshot()
+		checks++
+		n := seq - base.Seq // writes of the chain the replica holds
+		for b := uint64(0); b < blocks; b++ {
+			var want uint64 // the newest i <= n with i%blocks == b
+			if n >= b && (b > 0 || n >= blocks) {
+				want = n - (n-b)%blocks
+			}
+			var got uint64
+			if raw := img[b*4096 : b*4096+20]; raw[0] != 0 {
+				fmt.Sscanf(string(raw), "%d", &got)
+			}
+			if got != want {
+				t.Fatalf("check %d: replica at seq %d (write %d of the chain) shows write %d in block %d; want %d", checks, seq, n, got, b, want)
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	waitSynced(t, s, src, sink, 20*time.Second)
+	if checks < 200 || proxy.Cuts() < 5 {
+		t.Errorf("%d checks across %d cuts; want at least 200 across 5", checks, proxy.Cuts())
+	}
+}
