@@ -207,6 +207,9 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 // check validates a request against the export and the negotiated flags.
 func (t *transmitter) check(r *Request) Errno {
 	f := t.sess.flags
+	if t.sess.exp.ReadOnly && (r.Type == CmdWrite || r.Type == CmdTrim || r.Type == CmdWriteZeroes) {
+		return EPERM
+	}
 	var allowed uint16
 	switch r.Type {
 	case CmdRead:
@@ -221,7 +224,7 @@ func (t *transmitter) check(r *Request) Errno {
 		}
 		allowed = CmdFlagFUA
 	case CmdWriteZeroes:
-		if f&FlagSendWriteZeroes == 0 && !t.sess.exp.ReadOnly {
+		if f&FlagSendWriteZeroes == 0 {
 			return EINVAL
 		}
 		allowed = CmdFlagFUA | CmdFlagNoHole
@@ -250,9 +253,6 @@ func (t *transmitter) check(r *Request) Errno {
 	}
 	if r.Flags&^allowed != 0 {
 		return EINVAL
-	}
-	if t.sess.exp.ReadOnly && (r.Type == CmdWrite || r.Type == CmdTrim || r.Type == CmdWriteZeroes) {
-		return EPERM
 	}
 	if r.Length == 0 {
 		return EINVAL

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -54,11 +53,6 @@ func nbdCommand() *cli.Command {
 }
 
 func nbdServe(c *cli.Context) error {
-	if c.NArg() > 1 {
-		// urfave/cli stops at the first argument; accept flags after FILE
-		// too, as qemu-nbd and nbdkit do.
-		return rerunWithFlagsFirst(c)
-	}
 	if c.NArg() != 1 {
 		return usagef("nbd serve: want exactly one FILE, got %d arguments", c.NArg())
 	}
@@ -114,67 +108,6 @@ func nbdServe(c *cli.Context) error {
 		return err
 	}
 	return nil
-}
-
-// rerunWithFlagsFirst runs the command again with its flags moved before
-// its positional arguments.
-func rerunWithFlagsFirst(c *cli.Context) error {
-	boolFlags := map[string]bool{}
-	for _, f := range c.Command.Flags {
-		if _, ok := f.(*cli.BoolFlag); ok {
-			for _, n := range f.Names() {
-				boolFlags[n] = true
-			}
-		}
-	}
-	args := c.Args().Slice()
-	var flags, pos []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			pos = append(pos, args[i+1:]...)
-			break
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			pos = append(pos, a)
-			continue
-		}
-		flags = append(flags, a)
-		name := strings.TrimLeft(a, "-")
-		if !strings.Contains(name, "=") && !boolFlags[name] && i+1 < len(args) {
-			flags = append(flags, args[i+1])
-			i++
-		}
-	}
-	if len(pos) == len(args) {
-		return usagef("nbd serve: want exactly one FILE, got %d arguments", len(pos))
-	}
-	// Flags given before FILE are kept as they were parsed.
-	for _, name := range c.FlagNames() {
-		if c.IsSet(name) {
-			if _, ok := boolFlagValue(c, name, boolFlags); ok {
-				flags = append([]string{"--" + name}, flags...)
-			} else {
-				flags = append([]string{"--" + name, c.String(name)}, flags...)
-			}
-		}
-	}
-	app := &cli.App{
-		Name:           "tandem nbd serve",
-		Flags:          c.Command.Flags,
-		Action:         nbdServe,
-		OnUsageError:   func(_ *cli.Context, err error, _ bool) error { return usageError{err} },
-		HideHelp:       true,
-		ExitErrHandler: func(*cli.Context, error) {},
-	}
-	return app.RunContext(c.Context, append(append([]string{"tandem-nbd-serve"}, flags...), pos...))
-}
-
-func boolFlagValue(c *cli.Context, name string, boolFlags map[string]bool) (bool, bool) {
-	if !boolFlags[name] {
-		return false, false
-	}
-	return c.Bool(name), true
 }
 
 // nbdTLS builds the listener TLS settings from the flags.
