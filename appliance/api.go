@@ -17,8 +17,48 @@ import (
 //	GET    /v1/disks/{name}      one disk
 //	DELETE /v1/disks/{name}      remove a disk
 //	GET    /v1/status[?disk=N]   per-disk status (DiskStatus)
+//	POST   /v1/pair/token        issue a pairing token (TokenRequest) → TokenResponse
+//	POST   /v1/pairs             pair with a token (PairRequest) → PeerInfo
+//	GET    /v1/pairs             the paired sites
+//	DELETE /v1/pairs/{site}      forget a paired site
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/pair/token", func(w http.ResponseWriter, r *http.Request) {
+		var req TokenRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		resp, err := d.PairToken(r.Context(), req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, resp)
+	})
+	mux.HandleFunc("POST /v1/pairs", func(w http.ResponseWriter, r *http.Request) {
+		var req PairRequest
+		if err := readJSON(r, &req); err != nil {
+			writeError(w, err)
+			return
+		}
+		peer, err := d.Pair(r.Context(), req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, peer)
+	})
+	mux.HandleFunc("GET /v1/pairs", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.Peers(r.Context()))
+	})
+	mux.HandleFunc("DELETE /v1/pairs/{site}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.Unpair(r.Context(), r.PathValue("site")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("GET /v1/site", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, d.SiteInfo())
 	})
@@ -115,7 +155,7 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrBadRequest):
 		status = http.StatusBadRequest
-	case errors.Is(err, ErrDiskNotFound):
+	case errors.Is(err, ErrDiskNotFound), errors.Is(err, ErrNotPaired):
 		status = http.StatusNotFound
 	case errors.Is(err, ErrDiskExists):
 		status = http.StatusConflict

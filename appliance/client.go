@@ -127,3 +127,26 @@ func (c *Client) Status(ctx context.Context, name string) ([]DiskStatus, error) 
 	}
 	return out, c.do(ctx, http.MethodGet, "/v1/status"+q, nil, &out)
 }
+
+// PairToken issues a pairing token on the secondary.
+func (c *Client) PairToken(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	var out TokenResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/pair/token", req, &out)
+}
+
+// Pair pairs the primary with the secondary that issued the token.
+func (c *Client) Pair(ctx context.Context, token string) (PeerInfo, error) {
+	var out PeerInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/pairs", PairRequest{Token: token}, &out)
+}
+
+// Peers lists the paired sites.
+func (c *Client) Peers(ctx context.Context) ([]PeerInfo, error) {
+	var out []PeerInfo
+	return out, c.do(ctx, http.MethodGet, "/v1/pairs", nil, &out)
+}
+
+// Unpair forgets a paired site.
+func (c *Client) Unpair(ctx context.Context, site string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/pairs/"+url.PathEscape(site), nil, nil)
+}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/tandem-dr/tandem/journal"
 	"github.com/tandem-dr/tandem/nbd"
+	"github.com/tandem-dr/tandem/pki"
+	"github.com/tandem-dr/tandem/replication"
 )
 
 // Options are the run-time settings of `tandem serve`; zero fields take
@@ -39,6 +41,10 @@ type Daemon struct {
 
 	mu    sync.Mutex
 	disks map[string]*openDisk
+
+	id       *pki.Identity
+	replAddr net.Addr // the replication listener's bound address
+	repl     *replication.Server
 
 	nbd     *nbd.Server
 	api     *http.Server
@@ -78,6 +84,11 @@ func Open(ctx context.Context, dataDir string, opts Options, logger *slog.Logger
 		lock:    lock,
 		disks:   make(map[string]*openDisk),
 		changed: func() {},
+	}
+	d.id, err = pki.Load(filepath.Join(dataDir, "pki"))
+	if err != nil {
+		lock.release()
+		return nil, fmt.Errorf("load site identity: %w", err)
 	}
 	jopts := journal.Options{MaxBytes: opts.JournalMaxBytes}
 	d.journal, err = journal.Open(ctx, filepath.Join(dataDir, "journal"), jopts, d.log.With("component", "journal"))
@@ -148,6 +159,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		}()
 	}
 
+	if err := d.startRepl(ctx, &wg, fail); err != nil {
+		fail(err)
+	}
+
 	stopFUSE, err := d.startFUSE(ctx)
 	if err != nil {
 		fail(err)
@@ -163,6 +178,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	defer scancel()
 	d.api.Shutdown(sctx)
 	d.nbd.Shutdown(sctx)
+	if d.repl != nil {
+		d.repl.Shutdown(sctx)
+	}
 	if stopFUSE != nil {
 		stopFUSE(sctx)
 	}

@@ -77,6 +77,7 @@ func newApp() *cli.App {
 			serveCommand(),
 			diskCommand(),
 			statusCommand(),
+			pairCommand(),
 			attachCommand(),
 			detachCommand(),
 			nbdCommand(),
