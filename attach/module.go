@@ -110,10 +110,11 @@ func parseModulesDep(data []byte, name string) (string, []string, bool) {
 	for sc.Scan() {
 		line := sc.Text()
 		mod, rest, ok := strings.Cut(line, ":")
+		mod = strings.TrimSpace(mod)
 		if !ok || !isModuleFile(filepath.Base(mod), name) {
 			continue
 		}
-		return strings.TrimSpace(mod), strings.Fields(rest), true
+		return mod, strings.Fields(rest), true
 	}
 	return "", nil, false
 }
