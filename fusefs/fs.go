@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"os"
 	"strconv"
@@ -107,8 +108,10 @@ type FS struct {
 // Mount mounts a file system at dir presenting the entries of src and
 // starts serving it. A stale mount at dir left by a killed process is
 // cleared first (see ClearStale); dir is created when missing. The mount
-// allows other users (root's tools run as other uids), and files open
-// with FOPEN_DIRECT_IO unless opts.Cached.
+// allows other users (allow_other: tools and services of other uids open
+// the files), and files open with FOPEN_DIRECT_IO unless opts.Cached. As
+// root it mounts directly; otherwise through fusermount3, which needs
+// user_allow_other in /etc/fuse.conf.
 func Mount(ctx context.Context, dir string, src Source, opts Options, logger *slog.Logger) (*FS, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -144,7 +147,9 @@ func Mount(ctx context.Context, dir string, src Source, opts Options, logger *sl
 			DisableXAttrs:     true,
 			DisableSplice:     true,
 			Debug:             opts.Debug,
-			Logger:            slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+			// go-fuse's request trace goes to Debug, its complaints
+			// to Warn.
+			Logger: goFuseLogger(logger, opts.Debug),
 		},
 		EntryTimeout:    &entryTimeout,
 		AttrTimeout:     &attrTimeout,
@@ -152,9 +157,6 @@ func Mount(ctx context.Context, dir string, src Source, opts Options, logger *sl
 		UID:             opts.UID,
 		GID:             opts.GID,
 		Logger:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
-	if !opts.Debug {
-		fopts.MountOptions.Logger = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	}
 	server, err := fs.Mount(dir, f.root, fopts)
 	if err != nil {
@@ -165,8 +167,21 @@ func Mount(ctx context.Context, dir string, src Source, opts Options, logger *sl
 	if err := unix.Stat(dir, &st); err == nil {
 		f.conn = uint64(unix.Major(st.Dev))<<20 | uint64(unix.Minor(st.Dev))
 	}
-	logger.Info("fuse mounted", "dir", dir)
+	logger.Debug("fuse mounted", logKeyDir, dir)
 	return f, nil
+}
+
+// Log keys.
+const (
+	logKeyDir = "dir"
+	logKeyErr = "err"
+)
+
+func goFuseLogger(logger *slog.Logger, debug bool) *log.Logger {
+	if debug {
+		return slog.NewLogLogger(logger.Handler(), slog.LevelDebug)
+	}
+	return slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 }
 
 // Invalidate tells the kernel to drop what it caches of DIR/dir/name (the
@@ -205,10 +220,10 @@ func (f *FS) Unmount(ctx context.Context) error {
 	done := make(chan struct{})
 	err := f.server.Unmount()
 	if err == nil {
-		f.logger.Info("fuse unmounted", "dir", f.dir)
+		f.logger.Debug("fuse unmounted", logKeyDir, f.dir)
 		return nil
 	}
-	f.logger.Warn("fuse mount busy, detaching lazily", "dir", f.dir, "err", err)
+	f.logger.Warn("fuse mount busy, detaching lazily", logKeyDir, f.dir, logKeyErr, err)
 	if lerr := unix.Unmount(f.dir, unix.MNT_DETACH); lerr != nil && !errors.Is(lerr, unix.EINVAL) {
 		return fmt.Errorf("unmount %s: %w (lazy: %v)", f.dir, err, lerr)
 	}
@@ -246,7 +261,7 @@ func (f *FS) abort() error {
 func (f *FS) entries(ctx context.Context) ([]Entry, error) {
 	es, err := f.src.Entries(ctx)
 	if err != nil {
-		f.logger.Warn("fuse source entries", "err", err)
+		f.logger.Warn("fuse source entries", logKeyErr, err)
 	}
 	return es, err
 }
