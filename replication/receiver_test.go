@@ -208,12 +208,12 @@ func TestOrderKept(t *testing.T) {
 		}
 	}()
 	checks := 0
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	deadline := time.Now().Add(20 * time.Second)
+	for (checks < 400 || proxy.Cuts() < 5) && time.Now().Before(deadline) {
 		if checks%40 == 39 {
 			proxy.Cut()
 		}
-		img, seq := sink.Snapshot()
+		img, seq := sink.SnapshotRange(0, blocks*4096)
 		checks++
 		n := seq - base.Seq // writes of the chain the replica holds
 		for b := uint64(0); b < blocks; b++ {
@@ -234,7 +234,7 @@ func TestOrderKept(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	waitSynced(t, s, src, sink, 20*time.Second)
-	if checks < 200 || proxy.Cuts() < 5 {
-		t.Errorf("%d checks across %d cuts; want at least 200 across 5", checks, proxy.Cuts())
+	if checks < 400 || proxy.Cuts() < 5 {
+		t.Errorf("%d checks across %d cuts; want at least 400 across 5", checks, proxy.Cuts())
 	}
 }

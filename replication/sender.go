@@ -365,6 +365,22 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 	if a.Consistent > s.st.consistent {
 		s.st.consistent = a.Consistent
 	}
+	release := uint64(0)
+	if !a.Syncing && s.st.consistent > s.st.srcAcked {
+		release = s.st.consistent
+		s.st.srcAcked = release
+	}
+	s.mu.Unlock()
+	// Release before the sync is marked done, so that the writer, which
+	// asks Source.NeedsResync once no sync runs, sees the dirty regions
+	// the sync covered already cleared.
+	if release > 0 {
+		if err := s.src.Acked(ctx, release); err != nil {
+			return fmt.Errorf("release acknowledged records through seq=%d: %w", release, err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if j := s.st.sync; j != nil && j.ended && !a.Syncing && a.Consistent >= j.end.Seq {
 		s.st.sync = nil
 		s.cfg.Logger.Info("replication: sync committed", logDisk, s.cfg.Disk, logSync, fmt.Sprintf("%016x", j.info.ID),
@@ -377,18 +393,7 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 		s.st.degraded = false
 		s.cfg.Logger.Info("replication: secondary caught up, sync mode restored", logDisk, s.cfg.Disk)
 	}
-	release := uint64(0)
-	if !a.Syncing && s.st.consistent > s.st.srcAcked {
-		release = s.st.consistent
-		s.st.srcAcked = release
-	}
 	s.broadcastLocked()
-	s.mu.Unlock()
-	if release > 0 {
-		if err := s.src.Acked(ctx, release); err != nil {
-			return fmt.Errorf("release acknowledged records through seq=%d: %w", release, err)
-		}
-	}
 	return nil
 }
 

@@ -235,16 +235,25 @@ func (w *streamer) stream(ctx context.Context, next uint64) error {
 	s := w.s
 	var pingDue time.Time
 	for {
+		var n int
+		var err error
 		if err := w.sendVerifies(ctx, next-1); err != nil {
 			return err
 		}
-		n, err := w.sendBatch(ctx, &next)
-		if errors.Is(err, ErrTruncated) {
+		s.mu.Lock()
+		syncing := s.st.sync != nil
+		s.mu.Unlock()
+		if !syncing && s.src.NeedsResync() {
+			err = fmt.Errorf("source needs resync: %w", ErrTruncated)
+		} else {
+			n, err = w.sendBatch(ctx, &next)
+		}
+		if errors.Is(err, ErrTruncated) || errors.Is(err, journal.ErrReleased) {
 			s.mu.Lock()
 			after := s.st.consistent
 			s.mu.Unlock()
 			s.cfg.Logger.Warn("replication: journal overflowed, resyncing dirty regions", logDisk, s.cfg.Disk,
-				logSeq, next, "consistent", after)
+				logSeq, next, "consistent", after, logErr, err)
 			base, err := w.startSync(ctx, false, after)
 			if err != nil {
 				return err
@@ -334,7 +343,7 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	})
 	w.buf, w.track = buf, track
 	if err != nil && !errors.Is(err, errBatchFull) {
-		if errors.Is(err, ErrTruncated) {
+		if errors.Is(err, ErrTruncated) || errors.Is(err, journal.ErrReleased) {
 			return 0, err
 		}
 		return 0, fmt.Errorf("read journal from seq=%d: %w", *next, err)

@@ -143,7 +143,20 @@ func TestRestartPrimary(t *testing.T) {
 }
 
 func TestOverflowResync(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mode replicationtest.Overflow
+	}{
+		{"drop oldest", replicationtest.DropOldest},
+		{"stop journaling", replicationtest.StopJournaling},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testOverflowResync(t, tc.mode) })
+	}
+}
+
+func testOverflowResync(t *testing.T, mode replicationtest.Overflow) {
 	src := replicationtest.NewMemSource(diskSize, 512<<10)
+	src.SetOverflow(mode)
 	sink := replicationtest.NewMemSink(diskSize)
 	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
 	d := newDialer(sec.addr())
@@ -156,7 +169,7 @@ func TestOverflowResync(t *testing.T) {
 	proxyCut(t, sec, d)
 	stop := make(chan struct{})
 	wg := load(src, 2, stop, 10*time.Microsecond)
-	for src.Dropped() == 0 {
+	for src.Overflows() == 0 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)

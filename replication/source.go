@@ -57,28 +57,41 @@ type Source interface {
 
 	// ReadFrom calls fn with the records from seq from onwards, in order,
 	// up to the head at some moment during the call, and returns nil; or
-	// the first error from fn, which stops the reading. It returns an
-	// error wrapping ErrTruncated, without calling fn, when record from
-	// is no longer kept (and from is not past the head). fn may keep
-	// neither the record's Data nor the record after it returns.
+	// the first error from fn, which stops the reading. When record from
+	// is no longer kept (and from is not past the head) it returns an
+	// error wrapping ErrTruncated or journal.ErrReleased without calling
+	// fn; the Sender then resyncs. fn may keep neither the record's Data
+	// nor the record after it returns.
 	ReadFrom(ctx context.Context, from uint64, fn func(journal.Record) error) error
+
+	// NeedsResync reports whether the disk holds writes that no kept
+	// record carries (the journal overflowed into dirty-region tracking)
+	// and that a committed sync has not yet covered: true from the first
+	// such write until Acked passes the Base of a sync whose plan covered
+	// it. The Sender asks it whenever no sync is running and answers true
+	// with a resync. It must be cheap.
+	NeedsResync() bool
 
 	// WaitAfter returns nil once the head is past seq, or ctx's error.
 	WaitAfter(ctx context.Context, seq uint64) error
 
 	// Acked tells the source that the secondary holds a consistent copy
 	// of every write up to and including seq, durably: records up to seq
-	// may be released, and dirty-region marks for writes up to seq may be
-	// forgotten. seq never goes backwards within one Sender.
+	// may be released, and the dirty-region marks covered by a sync plan
+	// whose Base is at most seq may be cleared. seq never goes backwards
+	// within one Sender.
 	Acked(ctx context.Context, seq uint64) error
 
-	// StartSync plans an initial sync (full) or a resync. For a full
-	// sync the plan's regions are the disk's allocated regions; for a
-	// resync, regions covering every write after seq `after` (the
+	// StartSync plans an initial sync (full) or a resync, and makes sure
+	// every write from now on is journaled (it leaves overflow mode). For
+	// a full sync the plan's regions are the disk's allocated regions; for
+	// a resync, regions covering every write after seq `after` (the
 	// secondary's consistent point) that is not in a record after the
 	// plan's Base: the dirty regions, plus the ranges of the kept records
-	// in (after, Base]. Dirty marks stay until Acked passes them: a sync
-	// interrupted by a restart is planned again from them.
+	// in (after, Base]. Dirty marks stay until Acked passes the plan's
+	// Base (then the marks the plan covered may be cleared; marks made
+	// later stay): a sync interrupted by a restart is planned again from
+	// them.
 	StartSync(ctx context.Context, full bool, after uint64) (SyncPlan, error)
 
 	// ReadAt reads the current store. Any write whose data it returns must

@@ -270,3 +270,11 @@ func (s *MemSink) trimLocked() {
 		s.journal = s.journal[n:]
 	}
 }
+
+// SnapshotRange returns a copy of [off, off+n) of the consistent store
+// and its seq, taken at one instant.
+func (s *MemSink) SnapshotRange(off, n int64) ([]byte, uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]byte(nil), s.store[off:off+n]...), s.state.Consistent
+}

@@ -13,35 +13,68 @@ import (
 // BlockSize is the granularity of MemSource's allocation and dirty maps.
 const BlockSize = 64 << 10
 
+// Overflow says what a MemSource does when its journal is full.
+type Overflow int
+
+const (
+	// DropOldest drops the oldest unacknowledged records and marks their
+	// ranges dirty; ReadFrom of a dropped seq fails with ErrTruncated.
+	DropOldest Overflow = iota
+	// StopJournaling stops journaling, as the daemon's tap does: writes
+	// go to the store and mark their ranges dirty until StartSync resumes
+	// journaling.
+	StopJournaling
+)
+
 // MemSource is an in-memory disk with a journal: Write and Zero journal a
 // record and then change the store. Records are kept until acknowledged,
-// up to Limit bytes of data; beyond it the oldest are dropped and their
-// ranges marked dirty, as the daemon's journal does on overflow.
+// up to Limit bytes of data; beyond it the source overflows (see
+// Overflow) into dirty-region tracking.
 type MemSource struct {
 	mu        sync.Mutex
+	mode      Overflow
 	data      []byte
 	recs      []journal.Record // kept, in order
 	keptBytes int64
 	limit     int64
 	head      replication.Position
 	acked     uint64
-	dirty     map[int64]uint64 // block → newest seq of a dropped record in it
+	stopped   bool                // StopJournaling: not journaling
+	gen       uint64              // dirty mark generation
+	dirty     map[int64]dirtyMark // block → mark
+	plans     []plan              // resync plans not yet acknowledged
 	allocated map[int64]bool
 	changed   chan struct{}
-	dropped   int
+	overflows int
 }
+
+// dirtyMark is why a block is dirty: a dropped record (seq) or an
+// unjournaled write (seq 0), and when (gen).
+type dirtyMark struct{ seq, gen uint64 }
+
+// plan is a sync plan waiting for its base to be acknowledged.
+type plan struct{ base, gen uint64 }
 
 var _ replication.Source = (*MemSource)(nil)
 var _ replication.Backlogger = (*MemSource)(nil)
 
 // NewMemSource returns a zeroed disk of size bytes whose journal keeps up
-// to limit bytes of unacknowledged data (0: unlimited).
+// to limit bytes of unacknowledged records (0: unlimited) and overflows
+// by DropOldest.
 func NewMemSource(size, limit int64) *MemSource {
-	return &MemSource{data: make([]byte, size), limit: limit, dirty: map[int64]uint64{},
+	return &MemSource{data: make([]byte, size), limit: limit, dirty: map[int64]dirtyMark{},
 		allocated: map[int64]bool{}, changed: make(chan struct{})}
 }
 
-// Write journals p at off and writes it to the store, returning its seq.
+// SetOverflow sets the overflow behaviour.
+func (m *MemSource) SetOverflow(o Overflow) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mode = o
+}
+
+// Write journals p at off and writes it to the store, returning its seq
+// (0 when the write was not journaled).
 func (m *MemSource) Write(off int64, p []byte) uint64 {
 	return m.apply(journal.Record{Kind: journal.KindWrite, Off: off, Len: int64(len(p)), Data: append([]byte(nil), p...)})
 }
@@ -59,14 +92,24 @@ func (m *MemSource) Marker(label string) uint64 {
 func (m *MemSource) apply(r journal.Record) uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	r.Seq = m.head.Seq + 1
-	r.Time = time.Now().UTC()
-	r.Seal(m.head.Sum)
-	m.recs = append(m.recs, r)
-	m.keptBytes += int64(len(r.Data)) + journal.HeaderSize
-	m.head = replication.Position{Seq: r.Seq, Sum: r.Sum}
-	for m.limit > 0 && m.keptBytes > m.limit && len(m.recs) > 1 {
-		m.dropLocked()
+	size := int64(len(r.Data)) + journal.HeaderSize
+	if m.mode == StopJournaling && !m.stopped && m.limit > 0 && m.keptBytes+size > m.limit {
+		m.stopped = true
+		m.overflows++
+	}
+	if m.stopped {
+		m.gen++
+		m.markLocked(r.Off, r.Len, dirtyMark{gen: m.gen})
+	} else {
+		r.Seq = m.head.Seq + 1
+		r.Time = time.Now().UTC()
+		r.Seal(m.head.Sum)
+		m.recs = append(m.recs, r)
+		m.keptBytes += size
+		m.head = replication.Position{Seq: r.Seq, Sum: r.Sum}
+		for m.mode == DropOldest && m.limit > 0 && m.keptBytes > m.limit && len(m.recs) > 1 {
+			m.dropLocked()
+		}
 	}
 	switch r.Kind {
 	case journal.KindWrite:
@@ -84,19 +127,24 @@ func (m *MemSource) apply(r journal.Record) uint64 {
 	return r.Seq
 }
 
-// dropLocked drops the oldest kept record, marking its range dirty unless
-// it is already acknowledged.
+func (m *MemSource) markLocked(off, length int64, mk dirtyMark) {
+	for b := off / BlockSize; b*BlockSize < off+length; b++ {
+		old := m.dirty[b]
+		m.dirty[b] = dirtyMark{seq: max(old.seq, mk.seq), gen: max(old.gen, mk.gen)}
+	}
+}
+
+// dropLocked drops the oldest kept record, marking its range dirty.
 func (m *MemSource) dropLocked() {
 	r := m.recs[0]
 	m.recs = m.recs[1:]
 	m.keptBytes -= int64(len(r.Data)) + journal.HeaderSize
-	if r.Seq <= m.acked || r.Kind == journal.KindMarker {
+	if r.Kind == journal.KindMarker {
 		return
 	}
-	m.dropped++
-	for b := r.Off / BlockSize; b*BlockSize < r.Off+r.Len; b++ {
-		m.dirty[b] = max(m.dirty[b], r.Seq)
-	}
+	m.overflows++
+	m.gen++
+	m.markLocked(r.Off, r.Len, dirtyMark{seq: r.Seq, gen: m.gen})
 }
 
 // Size is the disk's size.
@@ -133,6 +181,13 @@ func (m *MemSource) ReadFrom(ctx context.Context, from uint64, fn func(journal.R
 	return nil
 }
 
+// NeedsResync reports dirty marks not yet cleared.
+func (m *MemSource) NeedsResync() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.dirty) > 0 || m.stopped
+}
+
 // WaitAfter waits for the head to pass seq.
 func (m *MemSource) WaitAfter(ctx context.Context, seq uint64) error {
 	for {
@@ -151,7 +206,8 @@ func (m *MemSource) WaitAfter(ctx context.Context, seq uint64) error {
 	}
 }
 
-// Acked releases records and dirty marks through seq.
+// Acked releases records through seq and clears the dirty marks of
+// acknowledged plans and of dropped records through seq.
 func (m *MemSource) Acked(ctx context.Context, seq uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -165,35 +221,47 @@ func (m *MemSource) Acked(ctx context.Context, seq uint64) error {
 		n++
 	}
 	m.recs = m.recs[n:]
-	for b, s := range m.dirty {
-		if s <= seq {
+	var covered uint64
+	keep := m.plans[:0]
+	for _, p := range m.plans {
+		if p.base <= seq {
+			covered = max(covered, p.gen)
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	m.plans = keep
+	for b, mk := range m.dirty {
+		if mk.gen <= covered || (mk.seq != 0 && mk.seq <= seq) {
 			delete(m.dirty, b)
 		}
 	}
 	return nil
 }
 
-// StartSync plans a sync: all allocated blocks, or the dirty blocks plus
-// the kept records after `after`.
+// StartSync resumes journaling and plans a sync: all allocated blocks, or
+// the dirty blocks plus the kept records after `after`.
 func (m *MemSource) StartSync(ctx context.Context, full bool, after uint64) (replication.SyncPlan, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	plan := replication.SyncPlan{Base: m.head}
+	m.stopped = false
+	p := replication.SyncPlan{Base: m.head}
+	m.plans = append(m.plans, plan{base: m.head.Seq, gen: m.gen})
 	if full {
 		for b := range m.allocated {
-			plan.Regions = append(plan.Regions, replication.Region{Off: b * BlockSize, Len: BlockSize})
+			p.Regions = append(p.Regions, replication.Region{Off: b * BlockSize, Len: BlockSize})
 		}
-		return plan, nil
+		return p, nil
 	}
 	for b := range m.dirty {
-		plan.Regions = append(plan.Regions, replication.Region{Off: b * BlockSize, Len: BlockSize})
+		p.Regions = append(p.Regions, replication.Region{Off: b * BlockSize, Len: BlockSize})
 	}
 	for _, r := range m.recs {
 		if r.Seq > after && r.Kind != journal.KindMarker {
-			plan.Regions = append(plan.Regions, replication.Region{Off: r.Off, Len: r.Len})
+			p.Regions = append(p.Regions, replication.Region{Off: r.Off, Len: r.Len})
 		}
 	}
-	return plan, nil
+	return p, nil
 }
 
 // ReadAt reads the store.
@@ -219,18 +287,20 @@ func (m *MemSource) Backlog(ctx context.Context, after uint64) (records, bytes u
 	return records, bytes, nil
 }
 
-// Snapshot returns a copy of the store and the head it reflects.
+// Snapshot returns a copy of the store and the head it reflects. While
+// journaling is stopped, the store holds writes past the head.
 func (m *MemSource) Snapshot() ([]byte, uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]byte(nil), m.data...), m.head.Seq
 }
 
-// Dropped counts records dropped unacknowledged (overflows).
-func (m *MemSource) Dropped() int {
+// Overflows counts records dropped unacknowledged and switches to
+// stopped journaling.
+func (m *MemSource) Overflows() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.dropped
+	return m.overflows
 }
 
 // Acknowledged is the last seq passed to Acked.
