@@ -123,14 +123,7 @@ func (fr *frameReader) next() (frame, error) {
 	if flags&flagZstd == 0 && rawN != n {
 		return frame{}, fmt.Errorf("%w: %s uncompressed with lengths %d and %d", ErrBadFrame, typ, n, rawN)
 	}
-	if cap(fr.buf) < int(n) {
-		fr.buf = make([]byte, n)
-	}
-	fr.buf = fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
+	if err := fr.readPayload(int(n)); err != nil {
 		return frame{}, fmt.Errorf("read %s payload: %w", typ, err)
 	}
 	crc := crc32.Update(crc32.Checksum(h[:12], castagnoli), castagnoli, fr.buf)
@@ -160,6 +153,30 @@ func (fr *frameReader) next() (frame, error) {
 		f.payload = out
 	}
 	return f, nil
+}
+
+// readPayload reads n bytes into fr.buf. The buffer grows with the bytes
+// that actually arrive, not with what the header announces, so a lying
+// header costs no more memory than the data sent.
+func (fr *frameReader) readPayload(n int) error {
+	fr.buf = fr.buf[:0]
+	for len(fr.buf) < n {
+		have := len(fr.buf)
+		step := min(n-have, max(have, 64<<10))
+		if cap(fr.buf) < have+step {
+			nb := make([]byte, have, have+step)
+			copy(nb, fr.buf)
+			fr.buf = nb
+		}
+		fr.buf = fr.buf[:have+step]
+		if _, err := io.ReadFull(fr.r, fr.buf[have:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // frameWriter encodes frames into one buffer per frame and writes each
