@@ -31,8 +31,9 @@ func main() {
 
 	// Every suite adds itself here, one line each.
 	suites := map[string]suite{
-		"nbd":  benchNBD,
-		"fuse": benchFUSE,
+		"nbd":       benchNBD,
+		"fuse":      benchFUSE,
+		"appliance": benchAppliance,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
