@@ -102,10 +102,12 @@ func (l *Log) release(upTo uint64) error {
 	}
 	l.mu.Lock()
 	l.base, l.baseSum = upTo, sum
+	var freed int64
 	for l.recs0 <= idx {
-		l.bytes -= l.recs[l.recs0].size
+		freed += l.recs[l.recs0].size
 		l.recs0++
 	}
+	l.bytes -= freed
 	if l.recs0 > len(l.recs)/2 && l.recs0 > 1024 {
 		l.recs = append(l.recs[:0:0], l.recs[l.recs0:]...)
 		l.recs0 = 0
@@ -125,6 +127,7 @@ func (l *Log) release(upTo uint64) error {
 	if err := l.s.deleteKeys(keys); err != nil {
 		return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
 	}
+	l.s.noteReleased(freed)
 	return nil
 }
 

@@ -7,6 +7,7 @@ const (
 	tagName = 'n' // n <name>                      -> log id (uint32)
 	tagNext = 'i' // i                             -> next log id (uint32)
 	tagLog  = 'l' // l <id:4> <sub> ...            -> per-log keys below
+	tagPad  = 'p' // p <n:8>                       -> padding, deleted at once (see flushMemtable)
 
 	subRecord = 'r' // l <id> r <seq:8>            -> encoded Record
 	subBase   = 'b' // l <id> b                    -> released seq:8, its sum:8

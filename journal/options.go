@@ -12,29 +12,34 @@ const (
 	DefaultMaxBytes = 1 << 30
 	// DefaultMemTableSize is badger's memtable size. Records go to the
 	// value log (see DefaultValueThreshold), so memtables hold only keys
-	// and value pointers and a small one suffices.
-	DefaultMemTableSize = 16 << 20
+	// and value pointers and a small one suffices (badger's 6.7 MiB floor
+	// applies only to its default 1 MB value threshold).
+	DefaultMemTableSize = 4 << 20
 	// DefaultNumMemtables is how many memtables badger keeps before it
 	// stalls writes.
-	DefaultNumMemtables = 3
+	DefaultNumMemtables = 2
 	// DefaultValueThreshold: values at least this long live in the value
-	// log, written once; shorter ones (zero, trim, holds) stay in the LSM.
-	DefaultValueThreshold = 256
+	// log, written once; shorter ones (zero, trim, holds, small writes)
+	// stay in the LSM.
+	DefaultValueThreshold = 1 << 10
 	// DefaultBlockCacheSize is badger's block cache.
 	DefaultBlockCacheSize = 8 << 20
 	// DefaultIndexCacheSize is badger's table index cache.
 	DefaultIndexCacheSize = 4 << 20
 	// DefaultValueLogFileSize is the size of one value-log file: the unit
 	// that value-log GC reclaims.
-	DefaultValueLogFileSize = 64 << 20
+	DefaultValueLogFileSize = 16 << 20
 	// DefaultNumCompactors is how many compaction goroutines badger runs
 	// (badger needs at least 2).
 	DefaultNumCompactors = 2
 	// DefaultNumLevelZeroTables is how many level-0 tables badger keeps
 	// before it compacts them.
-	DefaultNumLevelZeroTables = 3
+	DefaultNumLevelZeroTables = 1
 	// DefaultGCInterval is how often the value-log GC loop runs.
-	DefaultGCInterval = 10 * time.Second
+	DefaultGCInterval = 200 * time.Millisecond
+	// DefaultReclaimBytes of released records make the GC loop flush
+	// badger's memtable and collect the value log at once.
+	DefaultReclaimBytes = 32 << 20
 	// DefaultGCDiscardRatio is the share of garbage a value-log file must
 	// hold before GC rewrites it.
 	DefaultGCDiscardRatio = 0.5
@@ -65,6 +70,9 @@ type Options struct {
 	GCInterval time.Duration
 	// GCDiscardRatio is the garbage share at which GC rewrites a file.
 	GCDiscardRatio float64
+	// ReclaimBytes of released record bytes trigger a memtable flush and
+	// a GC run, so that released records' space is reclaimed promptly.
+	ReclaimBytes int64
 	// MaxBatchBytes caps the record bytes committed in one badger write.
 	MaxBatchBytes int64
 }
@@ -91,6 +99,7 @@ func (o Options) withDefaults() Options {
 	set(&o.NumCompactors, DefaultNumCompactors)
 	set(&o.NumLevelZeroTables, DefaultNumLevelZeroTables)
 	set64(&o.MaxBatchBytes, DefaultMaxBatchBytes)
+	set64(&o.ReclaimBytes, DefaultReclaimBytes)
 	if o.GCInterval == 0 {
 		o.GCInterval = DefaultGCInterval
 	}
@@ -116,6 +125,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("journal options: ValueThreshold %d outside [1, 15%% of MemTableSize]", d.ValueThreshold)
 	case d.ValueLogFileSize < 1<<20 || d.ValueLogFileSize >= 2<<30:
 		return fmt.Errorf("journal options: ValueLogFileSize %d outside [1 MiB, 2 GiB)", d.ValueLogFileSize)
+	case d.ReclaimBytes < 0:
+		return fmt.Errorf("journal options: ReclaimBytes %d is negative", d.ReclaimBytes)
 	case d.ValueLogFileSize < 2*(MaxData+HeaderSize):
 		return fmt.Errorf("journal options: ValueLogFileSize %d too small for a %d-byte record", d.ValueLogFileSize, MaxData)
 	case d.NumCompactors < 2:

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -64,6 +65,10 @@ type Store struct {
 	qclosed   bool
 	qsig      chan struct{}
 	ssig      chan struct{}
+
+	released  atomic.Int64 // record bytes released since the last reclaim
+	reclaimCh chan struct{}
+	padSeq    uint64 // owned by the GC loop
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -127,12 +132,13 @@ func Open(ctx context.Context, dir string, opts Options, logger *slog.Logger) (*
 		return nil, fmt.Errorf("open journal %s: %w", dir, err)
 	}
 	s := &Store{
-		db:   db,
-		opts: o,
-		log:  logger,
-		logs: make(map[string]*Log),
-		qsig: make(chan struct{}, 1),
-		ssig: make(chan struct{}, 1),
+		db:        db,
+		opts:      o,
+		log:       logger,
+		logs:      make(map[string]*Log),
+		qsig:      make(chan struct{}, 1),
+		ssig:      make(chan struct{}, 1),
+		reclaimCh: make(chan struct{}, 1),
 	}
 	s.qcond = sync.NewCond(&s.qmu)
 	wctx, cancel := context.WithCancel(context.Background())
@@ -546,7 +552,9 @@ func (s *Store) syncer() {
 }
 
 // gcLoop reclaims value-log space: released records leave garbage in the
-// value log, and RunValueLogGC rewrites files that are mostly garbage.
+// value log, and RunValueLogGC rewrites (or, for a file holding only
+// garbage, just deletes) files that are mostly garbage. It runs every
+// GCInterval and whenever ReclaimBytes of records were released.
 func (s *Store) gcLoop(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTicker(s.opts.GCInterval)
@@ -556,13 +564,65 @@ func (s *Store) gcLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.reclaimCh:
+		}
+		if s.released.Load() >= s.opts.ReclaimBytes {
+			s.released.Store(0)
+			if err := s.flushMemtable(); err != nil {
+				s.log.Warn("journal memtable flush for reclaim", logKeyErr, err)
+			}
 		}
 		s.RunGC(ctx)
 	}
 }
 
+// noteReleased counts released record bytes and wakes the GC loop once
+// there are ReclaimBytes of them.
+func (s *Store) noteReleased(n int64) {
+	if s.released.Add(n) >= s.opts.ReclaimBytes {
+		s.signal(s.reclaimCh)
+	}
+}
+
+// flushMemtable makes badger flush its memtable by filling it with small
+// padding entries, which it then deletes. Badger learns which value-log
+// bytes are garbage only when compactions drop the deleted keys, and
+// compactions follow memtable flushes; a journal's memtable holds only
+// keys and value pointers and would otherwise take hundreds of gigabytes
+// of records to fill, leaving released records' value-log files on disk.
+// Costs about MemTableSize of LSM writes per ReclaimBytes released.
+func (s *Store) flushMemtable() error {
+	pad := min(s.opts.ValueThreshold-1, 1000)
+	val := make([]byte, pad)
+	n := int(s.opts.MemTableSize/pad) + 64
+	keys := make([][]byte, 0, n)
+	for i := 0; i < n; i++ {
+		s.padSeq++
+		keys = append(keys, append([]byte{tagPad}, u64(s.padSeq)...))
+	}
+	for rest := keys; len(rest) > 0; {
+		txn := s.db.NewTransaction(true)
+		k := 0
+		for _, key := range rest {
+			if err := txn.Set(key, val); err != nil {
+				if errors.Is(err, badger.ErrTxnTooBig) && k > 0 {
+					break
+				}
+				txn.Discard()
+				return err
+			}
+			k++
+		}
+		if err := txn.Commit(); err != nil {
+			return err
+		}
+		rest = rest[k:]
+	}
+	return s.deleteKeys(keys)
+}
+
 // RunGC runs value-log GC until no file is worth rewriting. The GC loop
-// calls it every GCInterval; tests and tools may call it directly.
+// calls it; tests and tools may call it directly.
 func (s *Store) RunGC(ctx context.Context) {
 	for i := 0; i < 64 && ctx.Err() == nil; i++ {
 		err := s.db.RunValueLogGC(s.opts.GCDiscardRatio)
