@@ -1,0 +1,479 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tandem-dr/tandem/disk"
+	"github.com/tandem-dr/tandem/journal"
+	"github.com/tandem-dr/tandem/nbd"
+	"github.com/tandem-dr/tandem/replication"
+)
+
+// HoldRetention is the hold a replica keeps on its journal: records at or
+// below it may be released. Release moves it; it never passes the point
+// the store durably holds.
+const HoldRetention = "retention"
+
+// File names in a replica's directory and metadata keys in its journal.
+const (
+	storeFile        = "replica.img"
+	stagingFile      = "staging.img"
+	metaState        = "replica.state"
+	metaStagedPrefix = "replica.staged."
+)
+
+// Defaults for zero Options fields.
+const (
+	// DefaultCheckpointEvery is how long records may stay applied to the
+	// store without an fdatasync (they are durable in the journal; Open
+	// replays them).
+	DefaultCheckpointEvery = 5 * time.Second
+	// DefaultCheckpointBytes of record data applied since the last
+	// checkpoint trigger one early.
+	DefaultCheckpointBytes = 64 << 20
+)
+
+var (
+	// ErrClosed is returned by calls on a closed Disk.
+	ErrClosed = errors.New("replica: closed")
+	// ErrBroken is returned (wrapped with the cause) after a failure left
+	// the store behind its journal; Close and Open again to recover.
+	ErrBroken = errors.New("replica: store failed, reopen to recover")
+	// ErrNoSync is returned by sync calls when no sync is in progress or
+	// it is not at the stage the call needs.
+	ErrNoSync = errors.New("replica: no sync in progress")
+)
+
+// Options configures Open. Zero fields take the Default values.
+type Options struct {
+	// Logger receives recovery at Open and syncs committed (Info). Nil
+	// discards.
+	Logger *slog.Logger
+	// CheckpointEvery and CheckpointBytes bound how much of the journal
+	// Open may have to replay into the store.
+	CheckpointEvery time.Duration
+	CheckpointBytes int64
+}
+
+// Disk is a replica disk on the secondary: the replication.Sink of one
+// protected disk of a peer site, and the read-only NBD backend of its
+// NAME@latest export. Create it with Open; Close it before closing its
+// journal.
+type Disk struct {
+	dir    string
+	log    *journal.Log
+	size   int64
+	opts   Options
+	logger *slog.Logger
+	fault  func(point string) error // test hook, see export_test.go
+
+	rw    sync.RWMutex // store contents: readers shared, apply and commit exclusive
+	store *disk.File
+
+	mu        sync.Mutex // everything below; taken before rw
+	closed    bool
+	broken    error
+	st        diskState
+	head      replication.Position
+	applied   uint64 // outside a sync: records applied to the store
+	staging   *disk.File
+	staged    []replication.Region // regions of the sync, in order
+	persisted int                  // staged[:persisted] are in the journal's metadata
+	chunks    int                  // staged chunks written for the sync
+	sinceCP   int64
+	lastCP    time.Time
+}
+
+var (
+	_ replication.Sink         = (*Disk)(nil)
+	_ replication.ChainChecker = (*Disk)(nil)
+	_ nbd.Backend              = (*Disk)(nil)
+	_ nbd.Extenter             = (*Disk)(nil)
+)
+
+// Open opens (creating when needed) the replica of a size-byte disk whose
+// store and staging area live in dir and whose retention journal is log.
+// It finishes what a crash interrupted: a commit whose intent was
+// persisted is completed, a sync being set up is set up again, and
+// records the store may lack are replayed. The Disk does not own log.
+func Open(ctx context.Context, dir string, log *journal.Log, size int64, opts Options) (*Disk, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("open replica %s: size %d", dir, size)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.CheckpointEvery <= 0 {
+		opts.CheckpointEvery = DefaultCheckpointEvery
+	}
+	if opts.CheckpointBytes <= 0 {
+		opts.CheckpointBytes = DefaultCheckpointBytes
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open replica %s: %w", dir, err)
+	}
+	store, err := disk.OpenFile(filepath.Join(dir, storeFile), disk.FileOptions{Size: size})
+	if err != nil {
+		return nil, fmt.Errorf("open replica %s: %w", dir, err)
+	}
+	d := &Disk{dir: dir, log: log, size: size, opts: opts, logger: opts.Logger, store: store, lastCP: time.Now()}
+	if store.Size() != size {
+		store.Close()
+		return nil, fmt.Errorf("open replica %s: store is %d bytes, want %d", dir, store.Size(), size)
+	}
+	if err := d.load(ctx); err != nil {
+		d.closeFiles()
+		return nil, fmt.Errorf("open replica %s: %w", dir, err)
+	}
+	return d, nil
+}
+
+// load reads the persisted state and recovers from an interruption.
+func (d *Disk) load(ctx context.Context) error {
+	v, err := d.log.Meta(metaState)
+	switch {
+	case errors.Is(err, journal.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		if d.st, err = decodeState(v, d.size); err != nil {
+			return err
+		}
+	}
+	if _, ok := d.log.Holds()[HoldRetention]; !ok {
+		base, _ := d.log.Base()
+		if err := d.log.SetHold(HoldRetention, base); err != nil {
+			return err
+		}
+	}
+	if d.head, err = headPosition(ctx, d.log); err != nil {
+		return err
+	}
+	if s := d.st.Sync; s != nil {
+		if !d.st.Rebased {
+			d.logger.Info("replica: setting up interrupted sync again", logKeySync, syncName(s.ID))
+			if err := d.rebase(ctx); err != nil {
+				return err
+			}
+		}
+		if d.st.Committing {
+			d.logger.Info("replica: completing interrupted sync commit", logKeySync, syncName(s.ID), logKeySeq, d.head.Seq)
+			if err := d.readStaged(ctx); err != nil {
+				return err
+			}
+			return d.finishCommit(ctx)
+		}
+		return d.loadStaging(ctx)
+	}
+	if err := d.dropStaging(); err != nil {
+		return err
+	}
+	d.applied = d.st.Applied
+	if !d.st.Initialized {
+		return nil
+	}
+	if base, _ := d.log.Base(); d.st.Applied < base {
+		return fmt.Errorf("%w: store holds seq=%d but the journal is released up to %d", ErrBadState, d.st.Applied, base)
+	}
+	n := 0
+	err = d.log.ReadFrom(ctx, d.st.Applied+1, func(r journal.Record) error {
+		if err := d.apply(r); err != nil {
+			return err
+		}
+		d.applied = r.Seq
+		n++
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("replay journal into replica from seq=%d: %w", d.st.Applied+1, err)
+	}
+	if n > 0 {
+		d.logger.Info("replica: journal replayed into store", "records", n, logKeySeq, d.applied)
+	}
+	return d.checkpoint(ctx)
+}
+
+// Size is the replica's size in bytes.
+func (d *Disk) Size() int64 { return d.size }
+
+// State returns the durable state: the head of the retention journal and
+// the consistent point (the head outside a sync; the point the store holds
+// during one).
+func (d *Disk) State(ctx context.Context) (replication.SinkState, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return replication.SinkState{}, err
+	}
+	st := replication.SinkState{Head: d.head, Initialized: d.st.Initialized}
+	switch {
+	case d.st.Sync != nil:
+		s := *d.st.Sync
+		st.Sync = &s
+		st.Consistent = d.st.Applied
+	case d.st.Initialized:
+		st.Consistent = d.head.Seq
+	}
+	return st, nil
+}
+
+// usable reports why the disk cannot serve a call. d.mu held.
+func (d *Disk) usable() error {
+	if d.closed {
+		return ErrClosed
+	}
+	if d.broken != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, d.broken)
+	}
+	return nil
+}
+
+// AppendReceived appends records to the retention journal, durably, and
+// outside a sync applies them to the store in order, under the store's
+// write lock, so readers see the replica before or after the whole batch.
+// The store is fdatasynced at checkpoints; until then the journal is its
+// write-ahead log. During a sync the records are only kept, for
+// CommitSync. A store that fails to apply a journaled record breaks the
+// Disk (ErrBroken) until it is reopened, which replays the journal.
+func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
+	first, last := recs[0], recs[len(recs)-1]
+	if d.st.Sync == nil && !d.st.Initialized {
+		return fmt.Errorf("append received seq=%d: %w before an initial sync", first.Seq, ErrNoSync)
+	}
+	if err := d.log.AppendReceived(ctx, recs); err != nil {
+		return fmt.Errorf("append received seq=%d..%d: %w", first.Seq, last.Seq, err)
+	}
+	d.head = replication.Position{Seq: last.Seq, Sum: last.Sum}
+	if d.st.Sync != nil {
+		return nil
+	}
+	var n int64
+	d.rw.Lock()
+	for _, r := range recs {
+		if err := d.apply(r); err != nil {
+			d.rw.Unlock()
+			d.broken = err
+			return fmt.Errorf("append received seq=%d: %w", r.Seq, err)
+		}
+		d.applied = r.Seq
+		n += r.Len
+	}
+	d.rw.Unlock()
+	d.sinceCP += n
+	if d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery {
+		if err := d.checkpoint(ctx); err != nil {
+			// The records are durable in the journal: report, don't fail.
+			d.logger.Warn("replica: checkpoint", logKeyErr, err)
+		}
+	}
+	return nil
+}
+
+// apply performs one record on the store. The caller holds rw
+// exclusively, or is Open.
+func (d *Disk) apply(r journal.Record) error {
+	if r.Kind == journal.KindMarker {
+		return nil
+	}
+	if r.Off < 0 || r.Len < 0 || r.Off > d.size || r.Len > d.size-r.Off {
+		return fmt.Errorf("apply seq=%d: range off=%d len=%d outside %d bytes", r.Seq, r.Off, r.Len, d.size)
+	}
+	var err error
+	switch r.Kind {
+	case journal.KindWrite:
+		_, err = d.store.WriteAt(r.Data, r.Off)
+	case journal.KindZero:
+		err = d.store.Zero(r.Off, r.Len, true)
+	case journal.KindTrim:
+		err = d.store.Trim(r.Off, r.Len)
+	default:
+		err = fmt.Errorf("unknown record kind %d", r.Kind)
+	}
+	if err != nil {
+		return fmt.Errorf("apply seq=%d: %w", r.Seq, err)
+	}
+	return nil
+}
+
+// checkpoint fdatasyncs the store and persists the applied point, outside
+// a sync. d.mu held.
+func (d *Disk) checkpoint(ctx context.Context) error {
+	d.sinceCP = 0
+	d.lastCP = time.Now()
+	if d.st.Sync != nil || !d.st.Initialized || d.applied == d.st.Applied {
+		return nil
+	}
+	if err := d.store.Flush(ctx); err != nil {
+		return fmt.Errorf("checkpoint replica at seq=%d: %w", d.applied, err)
+	}
+	st := d.st
+	st.Applied = d.applied
+	return d.persist(ctx, st)
+}
+
+// persist writes st as the persisted state, durably, and adopts it.
+// d.mu held.
+func (d *Disk) persist(ctx context.Context, st diskState) error {
+	if err := d.log.SetMeta(metaState, st.encode()); err != nil {
+		return fmt.Errorf("persist replica state: %w", err)
+	}
+	if err := d.log.Sync(ctx); err != nil {
+		return fmt.Errorf("persist replica state: %w", err)
+	}
+	d.st = st
+	return nil
+}
+
+// Release lets the retention journal release its records up to upTo: the
+// daemon's retention policy calls it with the oldest point it still wants.
+// Records the store does not hold durably are kept whatever upTo says
+// (they are replayed at Open), and during a sync nothing is released.
+func (d *Disk) Release(ctx context.Context, upTo uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
+	if d.st.Sync != nil {
+		return nil
+	}
+	if upTo > d.st.Applied {
+		if err := d.checkpoint(ctx); err != nil {
+			return fmt.Errorf("release replica journal to seq=%d: %w", upTo, err)
+		}
+	}
+	upTo = min(upTo, d.st.Applied)
+	if base, _ := d.log.Base(); upTo <= base {
+		return nil
+	}
+	if err := d.log.SetHold(HoldRetention, upTo); err != nil {
+		return fmt.Errorf("release replica journal to seq=%d: %w", upTo, err)
+	}
+	return nil
+}
+
+// ReadConsistent reads the replica at its consistent point (for verify).
+func (d *Disk) ReadConsistent(ctx context.Context, p []byte, off int64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if off < 0 || off > d.size || int64(len(p)) > d.size-off {
+		return fmt.Errorf("read replica off=%d len=%d: %w", off, len(p), disk.ErrOutOfRange)
+	}
+	d.rw.RLock()
+	defer d.rw.RUnlock()
+	if d.store == nil {
+		return ErrClosed
+	}
+	if _, err := d.store.ReadAt(p, off); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read replica off=%d len=%d: %w", off, len(p), err)
+	}
+	return nil
+}
+
+// ReadAt reads the replica at its consistent point: the NBD backend of
+// NAME@latest. A read never sees part of a batch of records or of a sync.
+func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
+	d.rw.RLock()
+	defer d.rw.RUnlock()
+	if d.store == nil {
+		return 0, ErrClosed
+	}
+	return d.store.ReadAt(p, off)
+}
+
+// WriteAt fails with disk.ErrReadOnly: a replica is written only by
+// replication.
+func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
+	return 0, fmt.Errorf("write replica off=%d len=%d: %w", off, len(p), disk.ErrReadOnly)
+}
+
+// Extents describes the replica store's allocation.
+func (d *Disk) Extents(off, length int64) ([]nbd.Extent, error) {
+	d.rw.RLock()
+	defer d.rw.RUnlock()
+	if d.store == nil {
+		return nil, ErrClosed
+	}
+	return d.store.Extents(off, length)
+}
+
+// CheckChain verifies the chained checksum of every record the retention
+// journal keeps and returns the last seq checked (the base when it keeps
+// none).
+func (d *Disk) CheckChain(ctx context.Context) (uint64, error) {
+	through, _ := d.log.Base()
+	err := d.log.ReadFrom(ctx, 0, func(r journal.Record) error {
+		through = r.Seq
+		return nil
+	})
+	if err != nil {
+		return through, fmt.Errorf("check replica journal chain: %w", err)
+	}
+	return through, nil
+}
+
+// Store returns the replica store, for promotion at failover. It holds the
+// replica at the consistent point; it is replaced by the commit of a full
+// sync, so take it while no sync runs (the Disk's Sender is stopped).
+// The Disk still owns it: Close closes it.
+func (d *Disk) Store() *disk.File {
+	d.rw.RLock()
+	defer d.rw.RUnlock()
+	return d.store
+}
+
+// Close checkpoints the store (outside a sync) and closes the store and
+// staging files. It does not close the journal. Calls after Close fail
+// with ErrClosed.
+func (d *Disk) Close(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	var errs []error
+	if d.broken == nil {
+		errs = append(errs, d.checkpoint(ctx))
+	}
+	d.closed = true
+	errs = append(errs, d.closeFiles())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close replica %s: %w", d.dir, err)
+	}
+	return nil
+}
+
+// closeFiles closes the store and staging files.
+func (d *Disk) closeFiles() error {
+	var errs []error
+	if d.staging != nil {
+		errs = append(errs, d.staging.Close())
+		d.staging = nil
+	}
+	d.rw.Lock()
+	if d.store != nil {
+		errs = append(errs, d.store.Close())
+		d.store = nil
+	}
+	d.rw.Unlock()
+	return errors.Join(errs...)
+}
+
+func syncName(id uint64) string { return fmt.Sprintf("%016x", id) }

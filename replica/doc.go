@@ -1,0 +1,56 @@
+// Package replica adapts a site's disks to the replication engines: on the
+// primary, Source presents a protected disk's journaling tap and journal
+// as a replication.Source; on the secondary, Disk keeps a replica disk (a
+// raw sparse store at its consistent point, the retention journal and a
+// staging area for syncs) as a replication.Sink, and doubles as the
+// read-only NBD backend of the export NAME@latest.
+//
+// It owns the replication hold on a primary's journal (Protect, Unprotect)
+// and every file and journal key of a replica under its directory. It
+// knows nothing of the wire protocol, TLS, NBD servers or the daemon's
+// configuration.
+//
+// # Primary
+//
+// While a disk is protected its journal carries the hold HoldReplication
+// at the secondary's acknowledged consistent point, so records the
+// secondary may still need are never released; while it is not, the hold
+// does not exist and the journal is bounded by the tap's checkpoints only.
+// When the journal fills up the tap tracks dirty regions instead; Source
+// then reports NeedsResync and refuses to stream records past the gap, and
+// StartSync appends a marker record, leaves overflow mode and plans the
+// dirty regions plus the ranges of the records the secondary lacks. The
+// marker makes every sync's Base a sequence number that the secondary can
+// only reach by committing that sync, so Acked passing a plan's Base
+// proves the plan's dirty regions are on the secondary and clears them.
+//
+// # Secondary
+//
+// Files in the replica's directory:
+//
+//	replica.img   the replica store: the disk at the consistent point
+//	staging.img   regions of the sync in progress (absent otherwise)
+//
+// Journal metadata under the replica's log: "replica.state" (the
+// persisted state: initialised, the point the store durably holds, the
+// sync in progress and its commit intent) and "replica.staged.<id>.<n>"
+// (the staged regions of sync id, one chunk per SyncProgress). Records are
+// applied to the store in order as they arrive outside a sync; the store
+// is fdatasynced and the applied point persisted at checkpoints, and Open
+// replays the records after it, so the journal is the store's write-ahead
+// log. A sync stages its regions in staging.img and keeps its records in
+// the journal unapplied; CommitSync persists an intent, copies the staged
+// regions into the store (or, for a full sync, renames the staging file
+// over it), applies the records, fdatasyncs and clears the intent. Open
+// redoes an interrupted commit; every step is idempotent.
+//
+// # Concurrency
+//
+// Source is safe for concurrent use. Disk's Sink methods are called by one
+// receiver at a time (as replication.Sink requires); State, Release,
+// ReadConsistent, CheckChain and the NBD methods (ReadAt, Extents) may be
+// called concurrently with them and with each other. Readers take a read
+// lock on the store; applying records and committing a sync take it
+// exclusively, so a reader sees the replica at a consistent point, never
+// half a record or half a sync.
+package replica
