@@ -366,6 +366,9 @@ func TestBadHandshake(t *testing.T) {
 			if tc.send != nil {
 				r.write(tc.send)
 			}
+			if tc.name == "truncated option header" {
+				r.nc.(*net.UnixConn).CloseWrite() // the stream ends mid-header
+			}
 			if tc.want == 0 {
 				r.expectClosed()
 			} else {

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // reply is one reply (simple, or a structured chunk) queued for the writer.
@@ -21,86 +23,111 @@ type reply struct {
 
 var replyPool = sync.Pool{New: func() any { return new(reply) }}
 
-// replyWriter serialises replies onto the connection. Replies queued while
-// it writes are batched into one write.
+// replyWriter serialises replies onto the connection without a goroutine
+// of its own: the goroutine that queues a reply while nobody is writing
+// becomes the writer and drains the queue, so replies queued meanwhile by
+// others go out in the same writev (flat combining). A reply is never
+// handed to another goroutine just to be written.
 type replyWriter struct {
-	nc   net.Conn
-	ch   chan *reply
-	done chan struct{}
-	err  error // set by run before done closes
+	nc net.Conn
+
+	mu      sync.Mutex
+	queue   []*reply
+	spare   []*reply
+	writing bool
+	err     error
+
+	small []byte      // only the writer touches these
+	bufs  net.Buffers // only the writer touches these
 }
 
 func newReplyWriter(nc net.Conn, depth int) *replyWriter {
-	w := &replyWriter{nc: nc, ch: make(chan *reply, depth+1), done: make(chan struct{})}
-	go w.run()
-	return w
-}
-
-func (w *replyWriter) send(r *reply) { w.ch <- r }
-
-// close waits until every queued reply is written.
-func (w *replyWriter) close() error {
-	close(w.ch)
-	<-w.done
-	return w.err
-}
-
-// maxBatch bounds the replies gathered into one write.
-const maxBatch = 64
-
-func (w *replyWriter) run() {
-	defer close(w.done)
-	smallBuf := make([]byte, 0, 64<<10)
-	bufsBuf := make(net.Buffers, 0, 2*maxBatch+2)
-	small, bufs := smallBuf, bufsBuf
-	var held []*reply
-	flush := func() {
-		if w.err == nil && (len(small) > 0 || len(bufs) > 0) {
-			if len(bufs) == 0 {
-				_, w.err = w.nc.Write(small)
-			} else {
-				if len(small) > 0 {
-					bufs = append(bufs, small)
-				}
-				_, w.err = bufs.WriteTo(w.nc)
-			}
-			if w.err != nil {
-				w.nc.Close() // the reader sees the failure too
-			}
-		}
-		small, bufs = smallBuf[:0], bufsBuf[:0]
-		for _, r := range held {
-			putBuf(r.buf)
-			r.buf, r.data = nil, nil
-			replyPool.Put(r)
-		}
-		held = held[:0]
+	return &replyWriter{
+		nc:    nc,
+		queue: make([]*reply, 0, depth+1),
+		spare: make([]*reply, 0, depth+1),
+		small: make([]byte, 0, 64<<10),
+		bufs:  make(net.Buffers, 0, 2*depth+4),
 	}
-	for r := range w.ch {
-		if w.err != nil {
+}
+
+// send queues r and, when no other goroutine is writing, writes every
+// queued reply before returning. With lazy, r is only queued: the caller
+// (the reading goroutine, which knows more requests are already buffered)
+// promises a later send or flush.
+func (w *replyWriter) send(r *reply, lazy bool) {
+	w.mu.Lock()
+	if r != nil {
+		w.queue = append(w.queue, r)
+	}
+	if w.writing || lazy || len(w.queue) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.writing = true
+	for len(w.queue) > 0 {
+		batch := w.queue
+		w.queue = w.spare[:0]
+		failed := w.err != nil
+		w.mu.Unlock()
+		var err error
+		if !failed {
+			err = w.write(batch)
+		}
+		for i, r := range batch {
 			putBuf(r.buf)
 			r.buf, r.data = nil, nil
 			replyPool.Put(r)
+			batch[i] = nil
+		}
+		w.mu.Lock()
+		if err != nil && w.err == nil {
+			w.err = err
+			w.nc.Close() // the reader sees the failure too
+		}
+		w.spare = batch[:0]
+	}
+	w.writing = false
+	w.mu.Unlock()
+}
+
+// write sends a batch of replies: small ones gathered into one buffer,
+// large payloads straight from their buffers, all in one writev.
+func (w *replyWriter) write(batch []*reply) error {
+	small, bufs := w.small[:0], w.bufs[:0]
+	start := 0
+	for _, r := range batch {
+		small = append(small, r.hdr[:r.n]...)
+		if len(r.data) < 16<<10 {
+			small = append(small, r.data...)
 			continue
 		}
-		if len(r.data) < 16<<10 {
-			small = append(small, r.hdr[:r.n]...)
-			small = append(small, r.data...)
-		} else {
-			// Large payloads are written from their buffer (writev), after
-			// whatever small replies precede them.
-			if len(small) > 0 {
-				bufs = append(bufs, small)
-				small = small[len(small):]
-			}
-			bufs = append(bufs, r.hdr[:r.n], r.data)
-		}
-		held = append(held, r)
-		if len(w.ch) == 0 || len(small) >= 48<<10 || len(held) >= maxBatch {
-			flush()
-		}
+		bufs = append(bufs, small[start:], r.data)
+		start = len(small)
 	}
-	flush()
+	if start < len(small) {
+		bufs = append(bufs, small[start:])
+	}
+	var err error
+	if len(bufs) == 1 {
+		_, err = w.nc.Write(bufs[0])
+	} else {
+		_, err = bufs.WriteTo(w.nc)
+	}
+	if cap(small) <= 1<<20 {
+		w.small = small[:0]
+	}
+	return err
+}
+
+// flush writes whatever lazy sends left queued.
+func (w *replyWriter) flush() { w.send(nil, false) }
+
+// close returns the first write error. Every sender has returned by now.
+func (w *replyWriter) close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
 }
 
 func (r *reply) simple(cookie uint64, errno Errno) {
@@ -121,6 +148,7 @@ func (r *reply) chunk(cookie uint64, flags, typ uint16, length uint32) {
 
 // transmitter serves the requests of one connection.
 type transmitter struct {
+	lat  latencies
 	ctx  context.Context
 	sess *session
 	be   Backend
@@ -133,6 +161,7 @@ type transmitter struct {
 // replies in whatever order they complete.
 func (c *conn) transmit(ctx context.Context, sess *session) error {
 	depth := c.srv.opts.MaxInFlight
+	tuneSocket(c.raw)
 	t := &transmitter{ctx: ctx, sess: sess, be: sess.exp.Backend, size: uint64(sess.exp.Size)}
 	t.w = newReplyWriter(c.nc, depth)
 	br := bufio.NewReaderSize(c.nc, 64<<10)
@@ -141,6 +170,9 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	var hdr [RequestSize]byte
 	var err error
 	for {
+		if br.Buffered() < RequestSize {
+			t.w.flush() // about to wait for the client: send what is queued
+		}
 		if _, err = io.ReadFull(br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = nil // the client went away between requests
@@ -168,7 +200,7 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 				if _, err = io.CopyN(io.Discard, br, int64(req.Length)); err != nil {
 					break
 				}
-				t.replyErr(&req, EINVAL)
+				t.replyErr(&req, EINVAL, true)
 				continue
 			}
 			if req.Length > 0 {
@@ -183,17 +215,23 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		if e := t.check(&req); e != 0 {
 			putBuf(buf)
 			<-sem
-			t.replyErr(&req, e)
+			t.replyErr(&req, e, true)
+			continue
+		}
+		if t.lat.inline(req.Type) {
+			t.serveTimed(&req, buf, br.Buffered() >= RequestSize)
+			<-sem
 			continue
 		}
 		wg.Add(1)
 		go func(req Request, buf *[]byte) {
 			defer wg.Done()
-			t.serve(&req, buf)
+			t.serveTimed(&req, buf, false)
 			<-sem
 		}(req, buf)
 	}
 	wg.Wait()
+	t.w.flush()
 	werr := t.w.close()
 	if err == nil {
 		err = werr
@@ -270,7 +308,7 @@ func (t *transmitter) check(r *Request) Errno {
 }
 
 // replyErr queues an error reply for r.
-func (t *transmitter) replyErr(r *Request, e Errno) {
+func (t *transmitter) replyErr(r *Request, e Errno, lazy bool) {
 	rp := replyPool.Get().(*reply)
 	if t.sess.structured {
 		rp.chunk(r.Cookie, replyFlagDone, replyTypeError, 6)
@@ -280,28 +318,35 @@ func (t *transmitter) replyErr(r *Request, e Errno) {
 	} else {
 		rp.simple(r.Cookie, e)
 	}
-	t.w.send(rp)
+	t.w.send(rp, lazy)
 }
 
 // replyOK queues a successful reply without payload.
-func (t *transmitter) replyOK(r *Request) {
+func (t *transmitter) replyOK(r *Request, lazy bool) {
 	rp := replyPool.Get().(*reply)
 	if t.sess.structured {
 		rp.chunk(r.Cookie, replyFlagDone, replyTypeNone, 0)
 	} else {
 		rp.simple(r.Cookie, 0)
 	}
-	t.w.send(rp)
+	t.w.send(rp, lazy)
+}
+
+// serveTimed serves r and records how long the backend took.
+func (t *transmitter) serveTimed(r *Request, buf *[]byte, lazy bool) {
+	start := time.Now()
+	t.serve(r, buf, lazy)
+	t.lat.observe(r.Type, time.Since(start))
 }
 
 // serve executes a checked request and queues its reply. buf holds a
 // write's payload and is released here.
-func (t *transmitter) serve(r *Request, buf *[]byte) {
+func (t *transmitter) serve(r *Request, buf *[]byte, lazy bool) {
 	off, n := int64(r.Offset), int64(r.Length)
 	var err error
 	switch r.Type {
 	case CmdRead:
-		t.read(r)
+		t.read(r, lazy)
 		return
 	case CmdWrite:
 		err = t.write(*buf, off, r.Flags&CmdFlagFUA != 0)
@@ -318,21 +363,21 @@ func (t *transmitter) serve(r *Request, buf *[]byte) {
 	case CmdCache:
 		err = t.cache(off, n)
 	case CmdBlockStatus:
-		t.blockStatus(r)
+		t.blockStatus(r, lazy)
 		return
 	}
 	if err != nil {
-		t.replyErr(r, errnoOf(err))
+		t.replyErr(r, errnoOf(err), lazy)
 		return
 	}
-	t.replyOK(r)
+	t.replyOK(r, lazy)
 }
 
-func (t *transmitter) read(r *Request) {
+func (t *transmitter) read(r *Request, lazy bool) {
 	buf := getBuf(int(r.Length))
 	if _, err := t.be.ReadAt(*buf, int64(r.Offset)); err != nil && !(errors.Is(err, io.EOF) && len(*buf) == int(r.Length)) {
 		putBuf(buf)
-		t.replyErr(r, errnoOf(err))
+		t.replyErr(r, errnoOf(err), lazy)
 		return
 	}
 	rp := replyPool.Get().(*reply)
@@ -344,7 +389,7 @@ func (t *transmitter) read(r *Request) {
 		rp.simple(r.Cookie, 0)
 	}
 	rp.data, rp.buf = *buf, buf
-	t.w.send(rp)
+	t.w.send(rp, lazy)
 }
 
 func (t *transmitter) write(p []byte, off int64, fua bool) error {
@@ -419,14 +464,14 @@ func (t *transmitter) cache(off, n int64) error {
 // maxExtents bounds the descriptors of one block-status reply.
 const maxExtents = 2048
 
-func (t *transmitter) blockStatus(r *Request) {
+func (t *transmitter) blockStatus(r *Request, lazy bool) {
 	off, n := int64(r.Offset), int64(r.Length)
 	var exts []Extent
 	if ex, ok := t.be.(Extenter); ok {
 		var err error
 		exts, err = ex.Extents(off, n)
 		if err != nil {
-			t.replyErr(r, errnoOf(err))
+			t.replyErr(r, errnoOf(err), lazy)
 			return
 		}
 	}
@@ -470,11 +515,64 @@ func (t *transmitter) blockStatus(r *Request) {
 	}
 	if count == 0 {
 		putBuf(payload)
-		t.replyErr(r, EIO)
+		t.replyErr(r, EIO, lazy)
 		return
 	}
 	rp := replyPool.Get().(*reply)
 	rp.chunk(r.Cookie, replyFlagDone, replyTypeBlockStat, uint32(len(p)))
 	rp.data, rp.buf = p, payload
-	t.w.send(rp)
+	t.w.send(rp, lazy)
+}
+
+// socketBuffer is the send and receive buffer asked of the kernel for a
+// transmitting connection (capped by net.core.wmem_max/rmem_max): a 1 MiB
+// reply then goes out with few partial writes and poller wake-ups.
+const socketBuffer = 4 << 20
+
+func tuneSocket(nc net.Conn) {
+	type buffered interface {
+		SetWriteBuffer(int) error
+		SetReadBuffer(int) error
+	}
+	if b, ok := nc.(buffered); ok {
+		b.SetWriteBuffer(socketBuffer)
+		b.SetReadBuffer(socketBuffer)
+	}
+}
+
+// Requests whose kind has recently been served by the backend within
+// inlineThreshold are served by the reading goroutine itself: a page-cache
+// read or write costs less than handing it to another goroutine and waking
+// it. Slower kinds (flushes, a backend waiting on a disk or a remote
+// journal) are served concurrently, up to MaxInFlight. Every probeEvery-th
+// request of a slow kind is served inline again, so the choice follows the
+// backend when it speeds up.
+const (
+	inlineThreshold = 40 * time.Microsecond
+	probeEvery      = 64
+)
+
+// latencies keeps a moving average of the backend's service time per
+// command type.
+type latencies struct {
+	avg   [8]atomic.Int64 // nanoseconds, by command type
+	count [8]atomic.Uint32
+}
+
+func (l *latencies) inline(typ uint16) bool {
+	if typ == CmdFlush || int(typ) >= len(l.avg) {
+		return false
+	}
+	if time.Duration(l.avg[typ].Load()) < inlineThreshold {
+		return true
+	}
+	return l.count[typ].Add(1)%probeEvery == 0
+}
+
+func (l *latencies) observe(typ uint16, d time.Duration) {
+	if int(typ) >= len(l.avg) {
+		return
+	}
+	old := l.avg[typ].Load()
+	l.avg[typ].Store(old + (int64(d)-old)/8)
 }
