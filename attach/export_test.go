@@ -1,5 +1,7 @@
 package attach
 
+import "context"
+
 // Internals the external tests reach.
 var (
 	ParseModulesDep = parseModulesDep
@@ -18,4 +20,14 @@ type NLAttr = nlAttr
 func ParseReplies(b []byte, seq uint32) (attrs []NLAttr, errno int, acked bool, err error) {
 	r, err := parseReplies(b, seq)
 	return r.Attrs, int(r.Errno), r.Acked, err
+}
+
+// ResolveFamily resolves a generic netlink family over a new socket.
+func ResolveFamily(ctx context.Context, name string) (uint16, error) {
+	c, err := dialGenl()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.resolveFamily(ctx, name)
 }

@@ -1,6 +1,7 @@
 package attach_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"path/filepath"
@@ -212,4 +213,17 @@ func FuzzParseModulesDep(f *testing.F) {
 			t.Fatalf("found %q for module %q", path, name)
 		}
 	})
+}
+
+// TestResolveFamily talks to the kernel: the controller family resolves
+// to its fixed id, a family that does not exist to ENOENT.
+func TestResolveFamily(t *testing.T) {
+	ctx := context.Background()
+	id, err := attach.ResolveFamily(ctx, "nlctrl")
+	if err != nil || id != unix.GENL_ID_CTRL {
+		t.Errorf("resolve nlctrl: got %#x, %v; want %#x", id, err, unix.GENL_ID_CTRL)
+	}
+	if _, err := attach.ResolveFamily(ctx, "nosuchfamily"); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("resolve a missing family: got %v, want ENOENT", err)
+	}
 }
