@@ -1,0 +1,378 @@
+package replica_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/tandem-dr/tandem/journal"
+	"github.com/tandem-dr/tandem/replica"
+	"github.com/tandem-dr/tandem/replication"
+)
+
+const testSize = 1 << 20
+
+// model is the expected replica: the consistent image and the pending
+// sync's staged regions and records.
+type model struct {
+	img    []byte
+	staged []byte // image of the sync: nil outside one
+}
+
+func newModel() *model { return &model{img: make([]byte, testSize)} }
+
+func (m *model) begin(full bool) {
+	m.staged = append([]byte(nil), m.img...)
+	if full {
+		clear(m.staged)
+	}
+}
+
+func apply(img []byte, r journal.Record) {
+	switch r.Kind {
+	case journal.KindWrite:
+		copy(img[r.Off:], r.Data)
+	case journal.KindZero, journal.KindTrim:
+		clear(img[r.Off : r.Off+r.Len])
+	}
+}
+
+func mustState(t *testing.T, d *replica.Disk) replication.SinkState {
+	t.Helper()
+	st, err := d.State(context.Background())
+	if err != nil {
+		t.Fatalf("State: %v", err)
+	}
+	return st
+}
+
+func checkImage(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if off, diff := firstDiff(got, want); diff {
+		t.Fatalf("%s: differs from the expected image at off=%d", what, off)
+	}
+}
+
+// fullSync runs an initial sync of m's image-to-be through the sink
+// directly: two regions, then two records after the base.
+func fullSync(t *testing.T, s *replicaSite, m *model, c *chain) {
+	t.Helper()
+	ctx := context.Background()
+	d := s.disk
+	m.begin(true)
+	if err := d.BeginSync(ctx, replication.SyncInfo{ID: 1, Full: true, Base: c.pos, Total: testSize}); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	if got := mustState(t, d); got.Head != c.pos || got.Sync == nil || got.Initialized {
+		t.Fatalf("State after BeginSync = %+v, want head %+v, a sync, not initialized", got, c.pos)
+	}
+	for _, off := range []int64{0, 256 << 10} {
+		data := fill(64<<10, byte(off>>10)+1)
+		if err := d.WriteRegion(ctx, off, data); err != nil {
+			t.Fatalf("WriteRegion off=%d: %v", off, err)
+		}
+		copy(m.staged[off:], data)
+	}
+	if got := s.contents(); !isZeroes(got) {
+		t.Fatalf("a staged region shows in the replica before the commit")
+	}
+	if err := d.SyncProgress(ctx, 320<<10); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	recs := []journal.Record{c.write(32<<10, fill(8<<10, 99)), c.zero(256<<10, 4096)}
+	if err := d.EndCopy(ctx, c.pos); err != nil {
+		t.Fatalf("EndCopy: %v", err)
+	}
+	if err := d.AppendReceived(ctx, recs); err != nil {
+		t.Fatalf("AppendReceived during sync: %v", err)
+	}
+	for _, r := range recs {
+		apply(m.staged, r)
+	}
+	if got := mustState(t, d); got.Consistent != 0 || got.Head != c.pos {
+		t.Fatalf("State before commit = %+v, want consistent 0 and head %+v", got, c.pos)
+	}
+	if err := d.CommitSync(ctx); err != nil {
+		t.Fatalf("CommitSync: %v", err)
+	}
+	m.img, m.staged = m.staged, nil
+	if got := mustState(t, d); !got.Initialized || got.Sync != nil || got.Consistent != c.pos.Seq {
+		t.Fatalf("State after commit = %+v, want initialized at seq=%d", got, c.pos.Seq)
+	}
+	checkImage(t, "replica after full sync", s.contents(), m.img)
+}
+
+func isZeroes(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDiskSyncStreamReopen(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	c := &chain{pos: replication.Position{Seq: 40, Sum: 0x1234}}
+	if err := s.disk.AppendReceived(ctx, []journal.Record{c.write(0, []byte("x"))}); !errors.Is(err, replica.ErrNoSync) {
+		t.Fatalf("AppendReceived before an initial sync = %v, want ErrNoSync", err)
+	}
+	c = &chain{pos: replication.Position{Seq: 40, Sum: 0x1234}}
+	m := newModel()
+	fullSync(t, s, m, c)
+
+	for i := 0; i < 20; i++ {
+		r := c.write(int64(i)*4096*3, fill(5000, byte(i)))
+		if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+			t.Fatalf("AppendReceived seq=%d: %v", r.Seq, err)
+		}
+		apply(m.img, r)
+	}
+	checkImage(t, "replica while streaming", s.contents(), m.img)
+	checkImage(t, "NBD reads of the replica", readAll(t, s.disk, testSize), m.img)
+	if got := mustState(t, s.disk); got.Consistent != c.pos.Seq || got.Head != c.pos {
+		t.Fatalf("State = %+v, want consistent and head at %+v", got, c.pos)
+	}
+	if _, err := s.disk.WriteAt([]byte{1}, 0); err == nil {
+		t.Fatalf("WriteAt on a replica succeeded, want a read-only error")
+	}
+
+	s.reopen(true) // a crash: Open replays what the store may lack
+	if got := mustState(t, s.disk); got.Consistent != c.pos.Seq || !got.Initialized {
+		t.Fatalf("State after reopen = %+v, want consistent at seq=%d", got, c.pos.Seq)
+	}
+	checkImage(t, "replica after reopen", s.contents(), m.img)
+	through, err := s.disk.CheckChain(ctx)
+	if err != nil || through != c.pos.Seq {
+		t.Fatalf("CheckChain = %d, %v; want %d, nil", through, err, c.pos.Seq)
+	}
+
+	// Retention: records stay until released, and never past the head.
+	if base, _ := s.log.Base(); base != 40 {
+		t.Fatalf("journal base = %d before Release, want the sync base 40", base)
+	}
+	if err := s.disk.Release(ctx, 50); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	if base, _ := s.log.Base(); base != 50 {
+		t.Fatalf("journal base after Release(50) = %d, want 50", base)
+	}
+	if err := s.disk.Release(ctx, c.pos.Seq+100); err != nil {
+		t.Fatalf("Release past the head: %v", err)
+	}
+	if base, _ := s.log.Base(); base != c.pos.Seq {
+		t.Fatalf("journal base after Release past the head = %d, want %d", base, c.pos.Seq)
+	}
+	r := c.write(0, []byte("after release"))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+		t.Fatalf("AppendReceived after release: %v", err)
+	}
+	apply(m.img, r)
+	s.reopen(false)
+	checkImage(t, "replica after release and reopen", s.contents(), m.img)
+}
+
+// resyncStage begins a resync over an initialized replica whose base
+// skips records the replica never got, stages regions and records, and
+// returns the expected image after the commit.
+func resyncStage(t *testing.T, s *replicaSite, m *model, c *chain) {
+	t.Helper()
+	ctx := context.Background()
+	for i := 0; i < 3; i++ { // records lost to an overflow on the primary
+		c.write(int64(i)<<16, fill(100, 7))
+	}
+	m.begin(false)
+	if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 2, Base: c.pos, Total: 3 << 16}); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	data := fill(1<<16, 42)
+	if err := s.disk.WriteRegion(ctx, 0, data); err != nil {
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	copy(m.staged, data)
+	if err := s.disk.ZeroRegion(ctx, 1<<16, 1<<16); err != nil {
+		t.Fatalf("ZeroRegion: %v", err)
+	}
+	clear(m.staged[1<<16 : 2<<16])
+	if err := s.disk.WriteRegion(ctx, 256<<10, data[:4096]); err != nil {
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	copy(m.staged[256<<10:], data[:4096])
+	checkImage(t, "replica during resync", s.contents(), m.img)
+	if err := s.disk.SyncProgress(ctx, 260<<10); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	if err := s.disk.EndCopy(ctx, replication.Position{Seq: c.pos.Seq + 2}); err != nil {
+		t.Fatalf("EndCopy: %v", err)
+	}
+	recs := []journal.Record{c.write(4096, fill(300, 3)), c.zero(0, 512)}
+	if err := s.disk.AppendReceived(ctx, recs); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	for _, r := range recs {
+		apply(m.staged, r)
+	}
+	checkImage(t, "replica before resync commit", s.contents(), m.img)
+}
+
+func TestDiskCommitCrash(t *testing.T) {
+	for _, full := range []bool{true, false} {
+		for _, point := range []string{replica.FaultIntent, replica.FaultCopied, replica.FaultApplied} {
+			t.Run(fmt.Sprintf("full=%v/%s", full, point), func(t *testing.T) {
+				ctx := context.Background()
+				s := openReplica(t, t.TempDir(), testSize)
+				m := newModel()
+				c := &chain{}
+				if full {
+					// The first full sync crashes.
+					crashCommit(t, s, point, func() { fullSyncStaged(t, s, m, c) })
+				} else {
+					fullSync(t, s, m, c)
+					crashCommit(t, s, point, func() { resyncStage(t, s, m, c) })
+				}
+				s.reopen(true)
+				st := mustState(t, s.disk)
+				if st.Sync != nil || !st.Initialized || st.Consistent != c.pos.Seq {
+					t.Fatalf("State after reopen = %+v, want the sync committed at seq=%d", st, c.pos.Seq)
+				}
+				m.img = m.staged
+				checkImage(t, "replica after the commit completed at reopen", s.contents(), m.img)
+				r := c.write(100, []byte("next"))
+				if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+					t.Fatalf("AppendReceived after completed commit: %v", err)
+				}
+				apply(m.img, r)
+				checkImage(t, "replica streaming after the commit", s.contents(), m.img)
+			})
+		}
+	}
+}
+
+// fullSyncStaged is fullSync up to (not including) the commit.
+func fullSyncStaged(t *testing.T, s *replicaSite, m *model, c *chain) {
+	t.Helper()
+	ctx := context.Background()
+	m.begin(true)
+	if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 9, Full: true, Base: c.pos}); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	data := fill(100<<10, 5)
+	if err := s.disk.WriteRegion(ctx, 512<<10, data); err != nil {
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	copy(m.staged[512<<10:], data)
+	if err := s.disk.SyncProgress(ctx, 612<<10); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	r := c.write(520<<10, fill(10, 1))
+	if err := s.disk.EndCopy(ctx, c.pos); err != nil {
+		t.Fatalf("EndCopy: %v", err)
+	}
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	apply(m.staged, r)
+}
+
+var errCrash = errors.New("injected crash")
+
+// crashCommit stages a sync with stage, then fails its commit at point.
+func crashCommit(t *testing.T, s *replicaSite, point string, stage func()) {
+	t.Helper()
+	stage()
+	replica.SetFault(s.disk, func(p string) error {
+		if p == point {
+			return errCrash
+		}
+		return nil
+	})
+	if err := s.disk.CommitSync(context.Background()); !errors.Is(err, errCrash) {
+		t.Fatalf("CommitSync with a crash at %s = %v, want the injected crash", point, err)
+	}
+	if _, err := s.disk.State(context.Background()); !errors.Is(err, replica.ErrBroken) {
+		t.Fatalf("State after a failed commit = %v, want ErrBroken", err)
+	}
+}
+
+func TestDiskCrashMidSync(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	m := newModel()
+	c := &chain{}
+	fullSync(t, s, m, c)
+	for i := 0; i < 3; i++ {
+		c.write(int64(i)<<16, fill(100, 7))
+	}
+	m.begin(false)
+	info := replication.SyncInfo{ID: 3, Base: c.pos, Total: 4 << 16}
+	if err := s.disk.BeginSync(ctx, info); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	s.reopen(true) // crash before anything was copied
+	st := mustState(t, s.disk)
+	if st.Sync == nil || st.Sync.ID != 3 || st.Sync.CopiedThrough != 0 || st.Head != c.pos {
+		t.Fatalf("State after a crash at BeginSync = %+v, want sync 3 from the start at head %+v", st, c.pos)
+	}
+	a, b := fill(1<<16, 1), fill(1<<16, 2)
+	if err := s.disk.WriteRegion(ctx, 0, a); err != nil {
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	if err := s.disk.SyncProgress(ctx, 1<<16); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	if err := s.disk.WriteRegion(ctx, 1<<16, fill(1<<16, 77)); err != nil { // lost in the crash
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	s.reopen(true)
+	st = mustState(t, s.disk)
+	if st.Sync == nil || st.Sync.CopiedThrough != 1<<16 {
+		t.Fatalf("State after a crash mid-copy = %+v, want copied through %d", st, 1<<16)
+	}
+	// The primary resumes from CopiedThrough.
+	if err := s.disk.WriteRegion(ctx, 1<<16, b); err != nil {
+		t.Fatalf("WriteRegion on resume: %v", err)
+	}
+	if err := s.disk.ZeroRegion(ctx, 2<<16, 2<<16); err != nil {
+		t.Fatalf("ZeroRegion on resume: %v", err)
+	}
+	copy(m.staged, a)
+	copy(m.staged[1<<16:], b)
+	clear(m.staged[2<<16 : 4<<16])
+	if err := s.disk.SyncProgress(ctx, 4<<16); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	if err := s.disk.EndCopy(ctx, c.pos); err != nil {
+		t.Fatalf("EndCopy: %v", err)
+	}
+	if err := s.disk.CommitSync(ctx); err != nil {
+		t.Fatalf("CommitSync: %v", err)
+	}
+	m.img = m.staged
+	checkImage(t, "replica after a resumed resync", s.contents(), m.img)
+
+	// A sync replaced by another before its commit leaves nothing behind.
+	if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 4, Base: c.pos}); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	if err := s.disk.WriteRegion(ctx, 0, fill(4096, 200)); err != nil {
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	if err := s.disk.SyncProgress(ctx, 4096); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 5, Base: c.pos}); err != nil {
+		t.Fatalf("BeginSync replacing a sync: %v", err)
+	}
+	if err := s.disk.EndCopy(ctx, c.pos); err != nil {
+		t.Fatalf("EndCopy: %v", err)
+	}
+	if err := s.disk.CommitSync(ctx); err != nil {
+		t.Fatalf("CommitSync: %v", err)
+	}
+	checkImage(t, "replica after a replaced sync", s.contents(), m.img)
+	if st := mustState(t, s.disk); st.Consistent != c.pos.Seq || st.Sync != nil {
+		t.Fatalf("State = %+v, want consistent at %d", st, c.pos.Seq)
+	}
+}
