@@ -163,7 +163,7 @@ func waitSynced(t testing.TB, s *replication.Sender, src *replicationtest.MemSou
 		head, _ := src.Head(context.Background())
 		_, seq := sink.Snapshot()
 		st := s.Status(context.Background())
-		if seq == head.Seq && st.State == replication.StateProtected && st.AckedSeq == head.Seq {
+		if seq == head.Seq && st.State == replication.StateProtected && st.AckedSeq == head.Seq && !src.NeedsResync() {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -221,6 +221,7 @@ type ackMsg struct {
 	Consistent    uint64 // consistent point
 	Syncing       bool   // a sync is in progress
 	CopiedThrough int64  // the sync's durable copy offset
+	Committed     uint64 // ID of the last sync committed on this connection, 0 if none
 }
 
 func (m ackMsg) encode() []byte {
@@ -229,12 +230,13 @@ func (m ackMsg) encode() []byte {
 	e.u64(m.Consistent)
 	e.bool(m.Syncing)
 	e.i64(m.CopiedThrough)
+	e.u64(m.Committed)
 	return e.b
 }
 
 func decodeAck(p []byte) (ackMsg, error) {
 	d := dec{b: p, typ: frameAck}
-	m := ackMsg{Head: d.u64(), Consistent: d.u64(), Syncing: d.bool(), CopiedThrough: d.i64()}
+	m := ackMsg{Head: d.u64(), Consistent: d.u64(), Syncing: d.bool(), CopiedThrough: d.i64(), Committed: d.u64()}
 	return m, d.done()
 }
 

@@ -42,6 +42,7 @@ type receiver struct {
 	progressed   int64 // copyEnd at the last SyncProgress
 	lastAck      time.Time
 	vbuf         []byte
+	committed    uint64 // ID of the last sync committed on this connection
 }
 
 // refusal is an error the receiver reports to the primary with an error
@@ -282,6 +283,7 @@ func (r *receiver) maybeCommit(ctx context.Context) error {
 		return refuse(errCodeSink, fmt.Errorf("commit sync through seq=%d: %w", r.st.Head.Seq, err))
 	}
 	r.log.Info("replication: sync committed", logSync, fmt.Sprintf("%016x", s.ID), "full", s.Full, logSeq, r.st.Head.Seq)
+	r.committed = s.ID
 	r.st.Sync = nil
 	r.st.Initialized = true
 	r.st.Consistent = r.st.Head.Seq
@@ -305,7 +307,7 @@ func (r *receiver) progress(ctx context.Context) error {
 
 // ack tells the primary what is durable.
 func (r *receiver) ack() error {
-	m := ackMsg{Head: r.st.Head.Seq, Consistent: r.st.Consistent, Syncing: r.st.Sync != nil}
+	m := ackMsg{Head: r.st.Head.Seq, Consistent: r.st.Consistent, Syncing: r.st.Sync != nil, Committed: r.committed}
 	if r.st.Sync != nil {
 		m.CopiedThrough = r.st.Sync.CopiedThrough
 	}

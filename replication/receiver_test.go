@@ -119,15 +119,17 @@ func waitLog(t *testing.T, l *logBuffer, text string) {
 	}
 }
 
-// garbler flips one bit in the n-th write on a connection.
+// garbler flips one bit in the first write of more than 40 bytes (a
+// records frame) from the at-th write on a connection.
 type garbler struct {
 	net.Conn
 	writes atomic.Int64
+	done   atomic.Bool
 	at     int64
 }
 
 func (g *garbler) Write(p []byte) (int, error) {
-	if g.writes.Add(1) == g.at && len(p) > 40 {
+	if g.writes.Add(1) >= g.at && len(p) > 40 && g.done.CompareAndSwap(false, true) {
 		q := append([]byte(nil), p...)
 		q[len(q)-20] ^= 0x10
 		return g.Conn.Write(q)

@@ -92,6 +92,7 @@ type rateSample struct {
 
 // syncJob is an initial sync or resync as the primary runs it.
 type syncJob struct {
+	plan    SyncPlan
 	info    SyncInfo
 	regions []Region // sorted, merged, clipped
 	scanned int64    // bytes of regions scanned so far
@@ -365,15 +366,24 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 	if a.Consistent > s.st.consistent {
 		s.st.consistent = a.Consistent
 	}
+	// Only an ack naming the sync's ID proves it committed: an older ack
+	// (sent before the secondary saw SyncBegin) may look the same.
+	j := s.st.sync
+	committed := j != nil && a.Committed == j.info.ID && !a.Syncing
 	release := uint64(0)
 	if !a.Syncing && s.st.consistent > s.st.srcAcked {
 		release = s.st.consistent
 		s.st.srcAcked = release
 	}
 	s.mu.Unlock()
-	// Release before the sync is marked done, so that the writer, which
-	// asks Source.NeedsResync once no sync runs, sees the dirty regions
-	// the sync covered already cleared.
+	// The source learns of the commit before the sync counts as done, so
+	// that the writer, which asks Source.NeedsResync once no sync runs,
+	// sees the dirty regions the sync covered already cleared.
+	if committed {
+		if err := s.src.SyncCommitted(ctx, j.plan); err != nil {
+			return fmt.Errorf("record committed sync base seq=%d: %w", j.plan.Base.Seq, err)
+		}
+	}
 	if release > 0 {
 		if err := s.src.Acked(ctx, release); err != nil {
 			return fmt.Errorf("release acknowledged records through seq=%d: %w", release, err)
@@ -381,7 +391,7 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if j := s.st.sync; j != nil && j.ended && !a.Syncing && a.Consistent >= j.end.Seq {
+	if committed && s.st.sync == j {
 		s.st.sync = nil
 		s.cfg.Logger.Info("replication: sync committed", logDisk, s.cfg.Disk, logSync, fmt.Sprintf("%016x", j.info.ID),
 			"full", j.info.Full, logSeq, a.Consistent, "took", time.Since(j.started).Round(time.Millisecond))

@@ -110,7 +110,7 @@ func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (uint
 	if err != nil {
 		return 0, fmt.Errorf("plan sync (full=%v after seq=%d): %w", full, after, err)
 	}
-	job := &syncJob{regions: normalizeRegions(plan.Regions, s.src.Size()), started: time.Now()}
+	job := &syncJob{plan: plan, regions: normalizeRegions(plan.Regions, s.src.Size()), started: time.Now()}
 	for _, r := range job.regions {
 		job.info.Total += r.Len
 	}

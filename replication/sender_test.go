@@ -265,3 +265,48 @@ func TestWaitAckedHoldPolicy(t *testing.T) {
 		t.Errorf("WaitAcked with the peer away under HoldWrites = %v; want ErrSyncTimeout", err)
 	}
 }
+
+// TestResyncInterrupted cuts the link and restarts the primary's sender
+// again and again while a resync after overflow runs: the dirty regions
+// are kept until a resync commits, so the replica still ends identical.
+func TestResyncInterrupted(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 256<<10)
+	src.SetOverflow(replicationtest.StopJournaling)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	proxy := replicationtest.NewProxy(t, sec.addr())
+	d := newDialer(proxy.Addr())
+	slow := func(c *replication.SenderConfig) { c.Bandwidth = 20 << 20; c.RegionSize = 64 << 10 }
+	s, _ := startSender(t, src, d.dial, slow)
+	src.Write(0, []byte("first"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	d.failing.Store(true)
+	proxy.Cut()
+	for off := int64(0); off < diskSize; off += 256 << 10 {
+		src.Write(off+4096, []byte(strings.Repeat("dirty while away ", 300)))
+	}
+	if src.Overflows() == 0 {
+		t.Fatalf("journal did not overflow")
+	}
+	d.failing.Store(false)
+	stop := make(chan struct{})
+	wg := load(src, 1, stop, 200*time.Microsecond)
+	for i := 0; i < 8; i++ {
+		time.Sleep(time.Duration(30+20*i) * time.Millisecond)
+		if i%2 == 0 {
+			proxy.Cut()
+		} else {
+			closeSender(t, s)
+			s, _ = startSender(t, src, d.dial, slow)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	closeSender(t, s)
+	s, _ = startSender(t, src, d.dial, nil)
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if src.SyncCommits() < 2 {
+		t.Errorf("%d syncs committed at the source; want the initial sync and a resync", src.SyncCommits())
+	}
+}

@@ -42,6 +42,10 @@ type SyncPlan struct {
 	// sync, the allocated regions of the disk. They need not be sorted,
 	// merged or aligned.
 	Regions []Region
+	// Gen is the source's own tag for the dirty marks the plan covers
+	// (such as disk.DirtyMap's generation); the Sender hands the plan
+	// back, untouched, to SyncCommitted.
+	Gen uint64
 }
 
 // Source is the primary's side of one protected disk: its journal and its
@@ -67,9 +71,9 @@ type Source interface {
 	// NeedsResync reports whether the disk holds writes that no kept
 	// record carries (the journal overflowed into dirty-region tracking)
 	// and that a committed sync has not yet covered: true from the first
-	// such write until Acked passes the Base of a sync whose plan covered
-	// it. The Sender asks it whenever no sync is running and answers true
-	// with a resync. It must be cheap.
+	// such write until SyncCommitted for a plan that covered it. The
+	// Sender asks it whenever no sync is running and answers true with a
+	// resync. It must be cheap.
 	NeedsResync() bool
 
 	// WaitAfter returns nil once the head is past seq, or ctx's error.
@@ -77,10 +81,16 @@ type Source interface {
 
 	// Acked tells the source that the secondary holds a consistent copy
 	// of every write up to and including seq, durably: records up to seq
-	// may be released, and the dirty-region marks covered by a sync plan
-	// whose Base is at most seq may be cleared. seq never goes backwards
-	// within one Sender.
+	// may be released. seq never goes backwards within one Sender.
 	Acked(ctx context.Context, seq uint64) error
+
+	// SyncCommitted tells the source that the secondary committed the
+	// sync planned as p: every write p covered is held there durably, so
+	// the dirty marks p covered may be cleared (marks made again after the
+	// plan stay). It is called at most once per plan, and only on proof
+	// (an acknowledgement naming the sync): a sync whose commit was not
+	// seen is planned again.
+	SyncCommitted(ctx context.Context, p SyncPlan) error
 
 	// StartSync plans an initial sync (full) or a resync, and makes sure
 	// every write from now on is journaled (it leaves overflow mode). For
@@ -88,10 +98,8 @@ type Source interface {
 	// a resync, regions covering every write after seq `after` (the
 	// secondary's consistent point) that is not in a record after the
 	// plan's Base: the dirty regions, plus the ranges of the kept records
-	// in (after, Base]. Dirty marks stay until Acked passes the plan's
-	// Base (then the marks the plan covered may be cleared; marks made
-	// later stay): a sync interrupted by a restart is planned again from
-	// them.
+	// in (after, Base]. Dirty marks stay until SyncCommitted: a sync
+	// interrupted by a fault or a restart is planned again from them.
 	StartSync(ctx context.Context, full bool, after uint64) (SyncPlan, error)
 
 	// ReadAt reads the current store. Any write whose data it returns must

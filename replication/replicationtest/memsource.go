@@ -42,7 +42,7 @@ type MemSource struct {
 	stopped   bool                // StopJournaling: not journaling
 	gen       uint64              // dirty mark generation
 	dirty     map[int64]dirtyMark // block → mark
-	plans     []plan              // resync plans not yet acknowledged
+	commits   int                 // SyncCommitted calls
 	allocated map[int64]bool
 	changed   chan struct{}
 	overflows int
@@ -51,9 +51,6 @@ type MemSource struct {
 // dirtyMark is why a block is dirty: a dropped record (seq) or an
 // unjournaled write (seq 0), and when (gen).
 type dirtyMark struct{ seq, gen uint64 }
-
-// plan is a sync plan waiting for its base to be acknowledged.
-type plan struct{ base, gen uint64 }
 
 var _ replication.Source = (*MemSource)(nil)
 var _ replication.Backlogger = (*MemSource)(nil)
@@ -207,7 +204,7 @@ func (m *MemSource) WaitAfter(ctx context.Context, seq uint64) error {
 }
 
 // Acked releases records through seq and clears the dirty marks of
-// acknowledged plans and of dropped records through seq.
+// dropped records through seq (the secondary holds those writes).
 func (m *MemSource) Acked(ctx context.Context, seq uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -221,22 +218,32 @@ func (m *MemSource) Acked(ctx context.Context, seq uint64) error {
 		n++
 	}
 	m.recs = m.recs[n:]
-	var covered uint64
-	keep := m.plans[:0]
-	for _, p := range m.plans {
-		if p.base <= seq {
-			covered = max(covered, p.gen)
-		} else {
-			keep = append(keep, p)
-		}
-	}
-	m.plans = keep
 	for b, mk := range m.dirty {
-		if mk.gen <= covered || (mk.seq != 0 && mk.seq <= seq) {
+		if mk.seq != 0 && mk.seq <= seq {
 			delete(m.dirty, b)
 		}
 	}
 	return nil
+}
+
+// SyncCommitted clears the dirty marks the plan covered.
+func (m *MemSource) SyncCommitted(ctx context.Context, p replication.SyncPlan) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.commits++
+	for b, mk := range m.dirty {
+		if mk.gen <= p.Gen {
+			delete(m.dirty, b)
+		}
+	}
+	return nil
+}
+
+// SyncCommits counts SyncCommitted calls.
+func (m *MemSource) SyncCommits() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.commits
 }
 
 // StartSync resumes journaling and plans a sync: all allocated blocks, or
@@ -245,8 +252,7 @@ func (m *MemSource) StartSync(ctx context.Context, full bool, after uint64) (rep
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.stopped = false
-	p := replication.SyncPlan{Base: m.head}
-	m.plans = append(m.plans, plan{base: m.head.Seq, gen: m.gen})
+	p := replication.SyncPlan{Base: m.head, Gen: m.gen}
 	if full {
 		for b := range m.allocated {
 			p.Regions = append(p.Regions, replication.Region{Off: b * BlockSize, Len: BlockSize})
