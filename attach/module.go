@@ -46,6 +46,18 @@ func kernelRelease() string {
 // moduleSuffixes are the file names a module may have, compressed or not.
 var moduleSuffixes = []string{".ko", ".ko.zst", ".ko.xz", ".ko.gz"}
 
+// LoadNBD makes sure the kernel's NBD client is present, loading the nbd
+// module when it is installed but not loaded. On a kernel without one it
+// returns an error wrapping ErrNoKernelNBD that says so and points to
+// --loop. NBD calls it itself; a caller can call it first to fail before
+// it connects to a server.
+func LoadNBD(ctx context.Context) error {
+	if err := loadNBDModule(ctx); err != nil {
+		return fmt.Errorf("nbd attach: %w", err)
+	}
+	return nil
+}
+
 // loadNBDModule makes sure the nbd driver is present: built in or
 // loaded already (/sys/module/nbd), else found through modules.dep under
 // /lib/modules/RELEASE and loaded with finit_module or init_module.

@@ -31,6 +31,9 @@ func kernelHasNBD(t *testing.T) bool {
 // the kernel and points to --loop.
 func TestNBD(t *testing.T) {
 	if kernelHasNBD(t) {
+		if err := attach.LoadNBD(context.Background()); err != nil {
+			t.Fatalf("LoadNBD: %v", err)
+		}
 		testNBDKernel(t)
 		return
 	}
@@ -44,6 +47,9 @@ func TestNBD(t *testing.T) {
 		if !strings.Contains(msg, want) {
 			t.Errorf("message %q does not contain %q", msg, want)
 		}
+	}
+	if err := attach.LoadNBD(context.Background()); !errors.Is(err, attach.ErrNoKernelNBD) || !strings.Contains(err.Error(), "--loop") {
+		t.Errorf("LoadNBD: got %v, want ErrNoKernelNBD pointing to --loop", err)
 	}
 	if _, err := tcp.Write([]byte("x")); err == nil {
 		t.Errorf("NBD left the connection open; it takes it over")
