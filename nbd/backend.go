@@ -3,6 +3,7 @@ package nbd
 import (
 	"context"
 	"io"
+	"os"
 )
 
 // Backend is the storage behind one export. It is all a backend must
@@ -114,4 +115,17 @@ type Export struct {
 	Backend Backend
 	// Close, when set, is called once when the connection using the export ends.
 	Close func() error
+}
+
+// FileRanger is implemented by backends whose bytes for a range are, as
+// they stand, the bytes of an open file at some offset (a raw file or
+// device store). On plaintext connections the server then sends large
+// reads with sendfile(2), from the page cache to the socket without a copy
+// through user space; the file is read when the reply is sent. A wrapper
+// that changes what reads return (an overlay, a journal view) must not
+// implement it.
+type FileRanger interface {
+	// FileRange returns the file and offset holding [off, off+length), or
+	// ok false to have the range read through ReadAt.
+	FileRange(off, length int64) (f *os.File, fileOff int64, ok bool)
 }

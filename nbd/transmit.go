@@ -8,9 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // reply is one reply (simple, or a structured chunk) queued for the writer.
@@ -19,6 +24,11 @@ type reply struct {
 	n    int    // bytes of hdr used
 	data []byte // payload after the header, if any
 	buf  *[]byte
+
+	// A payload sent from a file with sendfile instead of data.
+	file    *os.File
+	fileOff int64
+	fileLen int
 }
 
 var replyPool = sync.Pool{New: func() any { return new(reply) }}
@@ -30,6 +40,7 @@ var replyPool = sync.Pool{New: func() any { return new(reply) }}
 // handed to another goroutine just to be written.
 type replyWriter struct {
 	nc net.Conn
+	rc syscall.RawConn // the socket, for sendfile; nil on TLS
 
 	mu      sync.Mutex
 	queue   []*reply
@@ -42,7 +53,15 @@ type replyWriter struct {
 }
 
 func newReplyWriter(nc net.Conn, depth int) *replyWriter {
+	var rc syscall.RawConn
+	switch c := nc.(type) {
+	case *net.UnixConn:
+		rc, _ = c.SyscallConn()
+	case *net.TCPConn:
+		rc, _ = c.SyscallConn()
+	}
 	return &replyWriter{
+		rc:    rc,
 		nc:    nc,
 		queue: make([]*reply, 0, depth+1),
 		spare: make([]*reply, 0, depth+1),
@@ -76,7 +95,7 @@ func (w *replyWriter) send(r *reply, lazy bool) {
 		}
 		for i, r := range batch {
 			putBuf(r.buf)
-			r.buf, r.data = nil, nil
+			r.buf, r.data, r.file = nil, nil, nil
 			replyPool.Put(r)
 			batch[i] = nil
 		}
@@ -98,6 +117,19 @@ func (w *replyWriter) write(batch []*reply) error {
 	start := 0
 	for _, r := range batch {
 		small = append(small, r.hdr[:r.n]...)
+		if r.file != nil {
+			// Everything before, this header included, then the file.
+			bufs = append(bufs, small[start:])
+			start = len(small)
+			if _, err := bufs.WriteTo(w.nc); err != nil {
+				return err
+			}
+			bufs = w.bufs[:0]
+			if err := sendfile(w.rc, r.file, r.fileOff, r.fileLen); err != nil {
+				return err
+			}
+			continue
+		}
 		if len(r.data) < 16<<10 {
 			small = append(small, r.data...)
 			continue
@@ -109,9 +141,11 @@ func (w *replyWriter) write(batch []*reply) error {
 		bufs = append(bufs, small[start:])
 	}
 	var err error
-	if len(bufs) == 1 {
+	switch len(bufs) {
+	case 0:
+	case 1:
 		_, err = w.nc.Write(bufs[0])
-	} else {
+	default:
 		_, err = bufs.WriteTo(w.nc)
 	}
 	if cap(small) <= 1<<20 {
@@ -148,12 +182,13 @@ func (r *reply) chunk(cookie uint64, flags, typ uint16, length uint32) {
 
 // transmitter serves the requests of one connection.
 type transmitter struct {
-	lat  latencies
-	ctx  context.Context
-	sess *session
-	be   Backend
-	size uint64
-	w    *replyWriter
+	files FileRanger // nil unless the backend has one and the connection is plaintext
+	lat   latencies
+	ctx   context.Context
+	sess  *session
+	be    Backend
+	size  uint64
+	w     *replyWriter
 }
 
 // transmit runs the transmission phase: this goroutine reads requests, a
@@ -164,6 +199,9 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	tuneSocket(c.raw)
 	t := &transmitter{ctx: ctx, sess: sess, be: sess.exp.Backend, size: uint64(sess.exp.Size)}
 	t.w = newReplyWriter(c.nc, depth)
+	if fr, ok := t.be.(FileRanger); ok && t.w.rc != nil {
+		t.files = fr
+	}
 	br := bufio.NewReaderSize(c.nc, 64<<10)
 	sem := make(chan struct{}, depth)
 	var wg sync.WaitGroup
@@ -218,7 +256,7 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 			t.replyErr(&req, e, true)
 			continue
 		}
-		if t.lat.inline(req.Type) {
+		if req.Flags&CmdFlagFUA == 0 && t.lat.inline(req.Type) {
 			t.serveTimed(&req, buf, br.Buffered() >= RequestSize)
 			<-sem
 			continue
@@ -373,7 +411,20 @@ func (t *transmitter) serve(r *Request, buf *[]byte, lazy bool) {
 	t.replyOK(r, lazy)
 }
 
+// sendfileMin is the smallest read sent with sendfile: below it, a copy
+// batched with other replies into one writev is cheaper.
+const sendfileMin = 64 << 10
+
 func (t *transmitter) read(r *Request, lazy bool) {
+	if t.files != nil && r.Length >= sendfileMin {
+		if f, foff, ok := t.files.FileRange(int64(r.Offset), int64(r.Length)); ok {
+			rp := replyPool.Get().(*reply)
+			t.readHeader(rp, r)
+			rp.file, rp.fileOff, rp.fileLen = f, foff, int(r.Length)
+			t.w.send(rp, lazy)
+			return
+		}
+	}
 	buf := getBuf(int(r.Length))
 	if _, err := t.be.ReadAt(*buf, int64(r.Offset)); err != nil && !(errors.Is(err, io.EOF) && len(*buf) == int(r.Length)) {
 		putBuf(buf)
@@ -381,6 +432,13 @@ func (t *transmitter) read(r *Request, lazy bool) {
 		return
 	}
 	rp := replyPool.Get().(*reply)
+	t.readHeader(rp, r)
+	rp.data, rp.buf = *buf, buf
+	t.w.send(rp, lazy)
+}
+
+// readHeader fills the header of a successful read's reply.
+func (t *transmitter) readHeader(rp *reply, r *Request) {
 	if t.sess.structured {
 		rp.chunk(r.Cookie, replyFlagDone, replyTypeOffsetData, 8+r.Length)
 		binary.BigEndian.PutUint64(rp.hdr[20:], r.Offset)
@@ -388,8 +446,41 @@ func (t *transmitter) read(r *Request, lazy bool) {
 	} else {
 		rp.simple(r.Cookie, 0)
 	}
-	rp.data, rp.buf = *buf, buf
-	t.w.send(rp, lazy)
+}
+
+// sendfile sends n bytes of f from off to the socket behind rc. A failure
+// part-way leaves the stream torn: the caller ends the connection.
+func sendfile(rc syscall.RawConn, f *os.File, off int64, n int) error {
+	src := int(f.Fd())
+	var serr error
+	err := rc.Write(func(fd uintptr) bool {
+		for n > 0 {
+			k, e := unix.Sendfile(int(fd), src, &off, n)
+			if k > 0 {
+				n -= k
+			}
+			switch {
+			case e == unix.EAGAIN:
+				return false // wait until the socket is writable
+			case e == unix.EINTR:
+			case e != nil:
+				serr = e
+				return true
+			case k == 0:
+				serr = io.ErrUnexpectedEOF
+				return true
+			}
+		}
+		return true
+	})
+	runtime.KeepAlive(f)
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("sendfile: %w", err)
+	}
+	return nil
 }
 
 func (t *transmitter) write(p []byte, off int64, fua bool) error {
@@ -544,7 +635,8 @@ func tuneSocket(nc net.Conn) {
 // inlineThreshold are served by the reading goroutine itself: a page-cache
 // read or write costs less than handing it to another goroutine and waking
 // it. Slower kinds (flushes, a backend waiting on a disk or a remote
-// journal) are served concurrently, up to MaxInFlight. Every probeEvery-th
+// journal), FUA requests and CACHE (which reads a whole range) are served
+// concurrently, up to MaxInFlight. Every probeEvery-th
 // request of a slow kind is served inline again, so the choice follows the
 // backend when it speeds up.
 const (
@@ -560,7 +652,7 @@ type latencies struct {
 }
 
 func (l *latencies) inline(typ uint16) bool {
-	if typ == CmdFlush || int(typ) >= len(l.avg) {
+	if typ == CmdFlush || typ == CmdCache || int(typ) >= len(l.avg) {
 		return false
 	}
 	if time.Duration(l.avg[typ].Load()) < inlineThreshold {
