@@ -71,7 +71,6 @@ type senderState struct {
 	inflight []batchMeta // sent, not yet acknowledged, in order
 
 	rawBytes, wireBytes uint64 // payload vs wire, since Open
-	ackedBytes          uint64 // record data acknowledged, since Open
 	samples             []rateSample
 	caughtUp            time.Time // last moment the secondary held the head
 	rpoAlert            bool
@@ -276,13 +275,27 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 		return SinkState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
 	}
 	st := w.State
-	diverged := st.Head.Seq > head.Seq || (st.Sync != nil && st.Sync.Base.Seq > head.Seq)
+	var diverged error
+	switch {
+	case st.Head.Seq > head.Seq || (st.Sync != nil && st.Sync.Base.Seq > head.Seq):
+		diverged = fmt.Errorf("%w: secondary head seq=%d past primary head seq=%d", ErrDiverged, st.Head.Seq, head.Seq)
+	case st.Head.Seq > 0 && (st.Sync == nil || st.Sync.Ended):
+		// The secondary's head record must be the primary's record of
+		// that seq, when the primary still keeps it.
+		r, ok, err := s.recordAt(ctx, st.Head.Seq)
+		if err != nil {
+			return SinkState{}, fmt.Errorf("read journal seq=%d: %w", st.Head.Seq, err)
+		}
+		if ok && r.Sum != st.Head.Sum {
+			diverged = fmt.Errorf("%w: record seq=%d has sum %016x here, %016x at the secondary", ErrDiverged, st.Head.Seq, r.Sum, st.Head.Sum)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.st.head = max(s.st.head, head.Seq)
-	if diverged {
+	if diverged != nil {
 		s.st.diverged = true
-		return SinkState{}, fmt.Errorf("%w: secondary head seq=%d past primary head seq=%d", ErrDiverged, st.Head.Seq, head.Seq)
+		return SinkState{}, diverged
 	}
 	s.st.diverged = false
 	s.st.connected = true
@@ -359,8 +372,8 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 		s.st.ackHead = a.Head
 	}
 	i := 0
-	for ; i < len(s.st.inflight) && s.st.inflight[i].last <= s.st.ackHead; i++ {
-		s.st.ackedBytes += s.st.inflight[i].bytes
+	for i < len(s.st.inflight) && s.st.inflight[i].last <= s.st.ackHead {
+		i++
 	}
 	s.st.inflight = append(s.st.inflight[:0], s.st.inflight[i:]...)
 	if a.Consistent > s.st.consistent {

@@ -1,6 +1,7 @@
 package replication_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -308,5 +309,45 @@ func TestResyncInterrupted(t *testing.T) {
 	waitSynced(t, s, src, sink, 30*time.Second)
 	if src.SyncCommits() < 2 {
 		t.Errorf("%d syncs committed at the source; want the initial sync and a resync", src.SyncCommits())
+	}
+}
+
+// TestDivergenceDetected connects primaries with another history to a
+// replica: shorter, and longer with other sums. Both are refused as
+// diverged and nothing is shipped.
+func TestDivergenceDetected(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, nil)
+	for i := 0; i < 10; i++ {
+		src.Write(int64(i)*4096, []byte("history A"))
+	}
+	waitSynced(t, s, src, sink, 10*time.Second)
+	closeSender(t, s)
+	want, wantSeq := sink.Snapshot()
+
+	for _, n := range []int{5, 20} {
+		other := replicationtest.NewMemSource(diskSize, 0)
+		for i := 0; i < n; i++ {
+			other.Write(int64(i)*4096, []byte("history B"))
+		}
+		s2, _ := startSender(t, other, d.dial, nil)
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(s2.Status(context.Background()).LastError, "diverged") {
+			if time.Now().After(deadline) {
+				t.Fatalf("primary with %d records: status %+v; want a divergence error", n, s2.Status(context.Background()))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if st := s2.Status(context.Background()); st.State != replication.StatePaused {
+			t.Errorf("primary with %d records: state %s; want %s", n, st.State, replication.StatePaused)
+		}
+		closeSender(t, s2)
+		got, gotSeq := sink.Snapshot()
+		if gotSeq != wantSeq || !bytes.Equal(got, want) {
+			t.Errorf("primary with %d records: replica changed (seq %d, want %d)", n, gotSeq, wantSeq)
+		}
 	}
 }

@@ -29,8 +29,8 @@ type Status struct {
 	LagSeconds float64
 	LagRecords uint64
 	LagBytes   uint64
-	// Throughput is record data acknowledged per second over the last
-	// few seconds.
+	// Throughput is data (records and sync regions) sent per second over
+	// the last few seconds.
 	Throughput float64
 	// RawBytes counts record and region data sent since Open; WireBytes
 	// the frames that carried them, after compression.
@@ -127,18 +127,29 @@ var errStop = errors.New("stop")
 
 // recordTime reads the time of record seq.
 func (s *Sender) recordTime(ctx context.Context, seq uint64) (time.Time, error) {
-	var t time.Time
-	err := s.src.ReadFrom(ctx, seq, func(r journal.Record) error {
-		t = r.Time
-		return errStop
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return time.Time{}, err
-	}
-	return t, nil
+	r, _, err := s.recordAt(ctx, seq)
+	return r.Time, err
 }
 
-// throughputLocked is the acknowledged data rate over the samples kept.
+// recordAt reads record seq; ok is false when it is past the head or no
+// longer kept.
+func (s *Sender) recordAt(ctx context.Context, seq uint64) (r journal.Record, ok bool, err error) {
+	err = s.src.ReadFrom(ctx, seq, func(rec journal.Record) error {
+		if rec.Seq == seq {
+			r, ok = rec, true
+		}
+		return errStop
+	})
+	switch {
+	case errors.Is(err, errStop):
+		return r, ok, nil
+	case errors.Is(err, ErrTruncated) || errors.Is(err, journal.ErrReleased):
+		return journal.Record{}, false, nil
+	}
+	return r, ok, err
+}
+
+// throughputLocked is the data rate sent over the samples kept.
 func (s *Sender) throughputLocked(now time.Time) float64 {
 	if len(s.st.samples) == 0 {
 		return 0
@@ -148,7 +159,7 @@ func (s *Sender) throughputLocked(now time.Time) float64 {
 	if d <= 0 {
 		return 0
 	}
-	return float64(s.st.ackedBytes-first.bytes) / d
+	return float64(s.st.rawBytes-first.bytes) / d
 }
 
 // throughputWindow is how far back Throughput looks.
@@ -164,7 +175,7 @@ func (s *Sender) monitor(ctx context.Context) {
 			return
 		case now := <-t.C:
 			s.mu.Lock()
-			s.st.samples = append(s.st.samples, rateSample{at: now, bytes: s.st.ackedBytes})
+			s.st.samples = append(s.st.samples, rateSample{at: now, bytes: s.st.rawBytes})
 			for len(s.st.samples) > 1 && now.Sub(s.st.samples[0].at) > throughputWindow {
 				s.st.samples = s.st.samples[1:]
 			}
