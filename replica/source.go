@@ -198,10 +198,45 @@ func (s *Source) Acked(ctx context.Context, seq uint64) error {
 	return nil
 }
 
+// SyncCommitted clears the dirty regions the committed plan p covered
+// (marks made after the plan stay) and forgets the plans up to it. Acked
+// passing p's Base clears them too (see StartSync); whichever comes first
+// does it.
+func (s *Source) SyncCommitted(ctx context.Context, p replication.SyncPlan) error {
+	s.mu.Lock()
+	regions := []disk.Region(nil)
+	found := false
+	n := 0
+	for n < len(s.plans) && s.plans[n].base <= p.Base.Seq {
+		if s.plans[n].base == p.Base.Seq && s.plans[n].gen == p.Gen {
+			regions, found = s.plans[n].regions, true
+		}
+		n++
+	}
+	if found {
+		s.plans = append(s.plans[:0], s.plans[n:]...)
+	}
+	s.mu.Unlock()
+	if !found {
+		// Not planned by this Source (or already cleared by Acked): the
+		// plan's own regions cover its dirty marks.
+		for _, r := range p.Regions {
+			regions = append(regions, disk.Region{Off: r.Off, Len: r.Len})
+		}
+	}
+	if len(regions) == 0 {
+		return nil
+	}
+	if err := s.tap.ClearDirty(ctx, regions, p.Gen); err != nil {
+		return fmt.Errorf("sync committed at base seq=%d: %w", p.Base.Seq, err)
+	}
+	return nil
+}
+
 // StartSync plans a sync. It appends a SyncMarker record (the plan's Base
 // is at or after it, so the secondary, whose head is before it, reaches
-// the Base only by committing this sync), takes the tap out of overflow
-// mode, and plans: for a full sync the store's allocated extents; for a
+// the Base only by committing this sync), reads the Base, waits for the
+// tap's writes in flight and takes it out of overflow mode, and plans: for a full sync the store's allocated extents; for a
 // resync the dirty regions plus the ranges of the kept records in
 // (after, Base], or the whole disk when records after `after` were
 // released. Dirty marks stay until Acked passes the Base.
@@ -209,17 +244,18 @@ func (s *Source) StartSync(ctx context.Context, full bool, after uint64) (replic
 	if err := s.appendMarker(ctx); err != nil {
 		return replication.SyncPlan{}, err
 	}
-	if s.tap.Overflowed() {
-		if err := s.tap.Resume(ctx); err != nil {
-			return replication.SyncPlan{}, fmt.Errorf("plan sync: %w", err)
-		}
-	}
-	dirty, gen := s.tap.DirtyRegions()
 	base, err := s.Head(ctx)
 	if err != nil {
 		return replication.SyncPlan{}, fmt.Errorf("plan sync: %w", err)
 	}
-	plan := replication.SyncPlan{Base: base}
+	// Resume waits for every write in flight, so each write journaled at
+	// or before base is in the store before the extents are read, and
+	// each unjournaled one is marked dirty; it also leaves overflow mode.
+	if err := s.tap.Resume(ctx); err != nil {
+		return replication.SyncPlan{}, fmt.Errorf("plan sync: %w", err)
+	}
+	dirty, gen := s.tap.DirtyRegions()
+	plan := replication.SyncPlan{Base: base, Gen: gen}
 	if full {
 		plan.Regions, err = s.allocated()
 		if err != nil {
