@@ -48,7 +48,8 @@ type Daemon struct {
 
 	nbd     *nbd.Server
 	api     *http.Server
-	changed func() // called when the disk table changes (FUSE refresh)
+	chMu    sync.Mutex
+	changed func(name string) // called when a disk comes or goes (FUSE refresh); guarded by chMu
 }
 
 // Open takes the data directory, opens the journal and every disk, and
@@ -83,7 +84,7 @@ func Open(ctx context.Context, dataDir string, opts Options, logger *slog.Logger
 		log:     logger.With("site", cfg.Site),
 		lock:    lock,
 		disks:   make(map[string]*openDisk),
-		changed: func() {},
+		changed: func(string) {},
 	}
 	d.id, err = pki.Load(filepath.Join(dataDir, "pki"))
 	if err != nil {
@@ -109,7 +110,15 @@ func (d *Daemon) Site() string { return d.cfg.Site }
 // DataDir is the site's data directory.
 func (d *Daemon) DataDir() string { return d.dataDir }
 
-func (d *Daemon) notifyChange() { d.changed() }
+// notifyChange tells the presentations that disk name came or went. It
+// does not wait: the caller may hold d.mu, and a FUSE invalidation can
+// wait on a lookup that itself waits on d.mu.
+func (d *Daemon) notifyChange(name string) {
+	d.chMu.Lock()
+	fn := d.changed
+	d.chMu.Unlock()
+	go fn(name)
+}
 
 // Serve listens on the configured addresses and serves until ctx is done,
 // then shuts everything down in order: listeners, NBD connections, disks

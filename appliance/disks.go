@@ -195,7 +195,7 @@ func (d *Daemon) CreateDisk(ctx context.Context, o CreateOptions) (DiskInfo, err
 	}
 	d.disks[o.Name] = od
 	d.log.Info("disk created", "disk", o.Name, "size", m.Size, "path", m.Path)
-	d.notifyChange()
+	d.notifyChange(o.Name)
 	return od.info(), nil
 }
 
@@ -207,11 +207,13 @@ func (d *Daemon) RemoveDisk(ctx context.Context, name string) error {
 	if ok {
 		delete(d.disks, name)
 	}
+	if ok {
+		d.notifyChange(name)
+	}
 	d.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrDiskNotFound, name)
 	}
-	d.notifyChange()
 	var errs []error
 	if err := od.close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("close: %w", err))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/tandem-dr/tandem/attach"
 	"github.com/tandem-dr/tandem/fusefs"
 )
 
@@ -56,6 +57,13 @@ func (d *Daemon) startFUSE(ctx context.Context) (func(context.Context) error, er
 		return nil, nil
 	}
 	dir := d.opts.FUSE
+	// Loop devices left on a killed daemon's files point at a dead
+	// connection: detach them before the lazy unmount hides their path.
+	if devs, err := attach.DetachUnder(ctx, dir); err != nil {
+		d.log.Warn("detach stale loop devices", "dir", dir, "err", err)
+	} else if len(devs) > 0 {
+		d.log.Info("detached stale loop devices", "devices", devs)
+	}
 	if err := fusefs.ClearStale(dir); err != nil {
 		return nil, fmt.Errorf("clear stale mount %s: %w", dir, err)
 	}
@@ -66,6 +74,9 @@ func (d *Daemon) startFUSE(ctx context.Context) (func(context.Context) error, er
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
+	d.chMu.Lock()
+	d.changed = func(name string) { fs.Invalidate(fusefs.DirDisks, name) }
+	d.chMu.Unlock()
 	d.log.Info("fuse mounted", "dir", dir)
 	return fs.Unmount, nil
 }
