@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -15,9 +16,10 @@ import (
 // fileBackend is a file-backed backend offering FileRange, so large reads
 // take the sendfile path.
 type fileBackend struct {
-	f      *os.File
-	size   int64
-	ranges atomic.Int64
+	f       *os.File
+	size    int64
+	ranges  atomic.Int64
+	flushes atomic.Int64
 }
 
 func (b *fileBackend) ReadAt(p []byte, off int64) (int, error)  { return b.f.ReadAt(p, off) }
@@ -97,4 +99,80 @@ func TestSendfileReads(t *testing.T) {
 	if be.ranges.Load() == 0 {
 		t.Fatalf("no read took the sendfile path")
 	}
+}
+
+// TestSpliceWrites pipelines large (spliced) and small writes, a large
+// write past the end and a large FUA write, then reads everything back.
+func TestSpliceWrites(t *testing.T) {
+	const size = 8 << 20
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	be := &flushFileBackend{fileBackend: fileBackend{f: f, size: size}}
+	srv := nbdtest.NewServer(t, &nbd.SingleExport{Name: "disk", Backend: be}, nbd.ServerOptions{})
+	want := make([]byte, size)
+	r := dialRaw(t, srv.Socket)
+	r.greet(3)
+	r.goExport("disk")
+	var wire []byte
+	n := 0
+	for i := 0; i < 24; i++ {
+		l := 4096 + i
+		if i%2 == 0 {
+			l = 300<<10 + i*1000
+		}
+		off := (i * 331777) % (size - l)
+		p := bytes.Repeat([]byte{byte(i + 1)}, l)
+		copy(want[off:], p)
+		flags := uint16(0)
+		if i%5 == 0 {
+			flags = 1 // FUA
+		}
+		wire = append(wire, reqBytes(flags, 1, uint64(i), uint64(off), uint32(l))...)
+		wire = append(wire, p...)
+		n++
+	}
+	// A large write past the end: ENOSPC, and its payload is skipped.
+	wire = append(wire, reqBytes(0, 1, 100, size-1000, 256<<10)...)
+	wire = append(wire, make([]byte, 256<<10)...)
+	go r.nc.Write(wire)
+	for i := 0; i <= n; i++ {
+		cookie, e := r.simple()
+		if cookie == 100 {
+			if e != 28 {
+				t.Fatalf("write past the end: error %d, want ENOSPC (28)", e)
+			}
+			continue
+		}
+		if e != 0 {
+			t.Fatalf("write cookie %d: error %d", cookie, e)
+		}
+	}
+	got := make([]byte, size)
+	for off := 0; off < size; off += 1 << 20 {
+		r.write(reqBytes(0, 0, 1, uint64(off), 1<<20))
+		if _, e := r.simple(); e != 0 {
+			t.Fatalf("read back: error %d", e)
+		}
+		r.read(got[off : off+1<<20])
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("export content after pipelined writes differs from what was written")
+	}
+	if be.flushes.Load() == 0 {
+		t.Fatalf("FUA writes did not flush")
+	}
+}
+
+type flushFileBackend struct{ fileBackend }
+
+func (b *flushFileBackend) Flush(ctx context.Context) error {
+	b.flushes.Add(1)
+	return b.f.Sync()
 }

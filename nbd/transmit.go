@@ -203,6 +203,11 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		t.files = fr
 	}
 	br := bufio.NewReaderSize(c.nc, 64<<10)
+	var sp *splicer
+	if t.files != nil {
+		sp = newSplicer(t.w.rc)
+		defer sp.close()
+	}
 	sem := make(chan struct{}, depth)
 	var wg sync.WaitGroup
 	var hdr [RequestSize]byte
@@ -227,6 +232,16 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		// The slot is taken before a write's payload is read, so at most
 		// MaxInFlight payloads are held per connection.
 		sem <- struct{}{}
+		if sp != nil && req.Type == CmdWrite && req.Length >= spliceMin && req.Length <= MaxPayload {
+			if done, e := t.spliceWrite(sp, br, &req); done || e != nil {
+				<-sem
+				if e != nil {
+					err = e
+					break
+				}
+				continue
+			}
+		}
 		var buf *[]byte
 		if req.Type == CmdWrite {
 			if req.Length > MaxPayload {
@@ -278,6 +293,36 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		return fmt.Errorf("transmission: %w", err)
 	}
 	return nil
+}
+
+// spliceWrite serves a large write to a file-backed export by splicing
+// its payload from the socket into the file, on the reading goroutine. It
+// reports false when the request must take the ordinary path (its payload
+// is then still unread), and an error when the stream is torn.
+func (t *transmitter) spliceWrite(sp *splicer, br *bufio.Reader, req *Request) (bool, error) {
+	if t.check(req) != 0 {
+		return false, nil
+	}
+	f, foff, ok := t.files.FileRange(int64(req.Offset), int64(req.Length))
+	if !ok {
+		return false, nil
+	}
+	start := time.Now()
+	fileErr, err := sp.write(br, f, foff, int(req.Length))
+	if err != nil {
+		return true, err
+	}
+	if fileErr == nil && req.Flags&CmdFlagFUA != 0 {
+		fileErr = t.be.(Flusher).Flush(t.ctx)
+	}
+	t.lat.observe(CmdWrite, time.Since(start))
+	lazy := br.Buffered() >= RequestSize
+	if fileErr != nil {
+		t.replyErr(req, errnoOf(fileErr), lazy)
+	} else {
+		t.replyOK(req, lazy)
+	}
+	return true, nil
 }
 
 // check validates a request against the export and the negotiated flags.
