@@ -167,7 +167,11 @@ func (s *Sender) Close(ctx context.Context) error {
 func (s *Sender) run(ctx context.Context) {
 	backoff := s.cfg.MinBackoff
 	for ctx.Err() == nil {
+		began := time.Now()
 		flowed, err := s.session(ctx)
+		// A connection refused right after its handshake (a corrupt record,
+		// a full replica) keeps backing off like a failed dial.
+		flowed = flowed && time.Since(began) > time.Second
 		if ctx.Err() != nil {
 			return
 		}
@@ -198,7 +202,7 @@ func (s *Sender) run(ctx context.Context) {
 }
 
 // session runs one connection to its end. flowed reports whether the
-// handshake succeeded, so the backoff resets.
+// handshake succeeded.
 func (s *Sender) session(parent context.Context) (flowed bool, err error) {
 	conn, err := s.cfg.Dial(parent)
 	if err != nil {

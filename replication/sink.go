@@ -70,8 +70,9 @@ type Sink interface {
 	// AppendReceived appends records to the journal. recs follow the
 	// head with no gap and their chain has been verified. When it
 	// returns nil they are durable. Outside a sync, the consistent point
-	// moves to the last of them. recs and their Data are not retained by
-	// the caller after the call; the sink may keep them.
+	// moves to the last of them. The sink may keep the records' Data
+	// (the receiver never reuses it) but not the slice recs, which the
+	// receiver reuses.
 	AppendReceived(ctx context.Context, recs []journal.Record) error
 
 	// BeginSync starts a sync, durably, discarding any sync in progress
