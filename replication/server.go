@@ -20,6 +20,10 @@ type ServerConfig struct {
 	// Lookup returns the Sink of the replica disk named disk that site
 	// replicates here, or an error wrapping ErrUnknownDisk. Required.
 	Lookup func(ctx context.Context, site, disk string) (Sink, error)
+	// Create, when set, is asked for the Sink when Lookup reports
+	// ErrUnknownDisk: the daemon creates the replica of a size-byte disk
+	// that a paired site starts protecting. Its ErrUnknownDisk refuses.
+	Create func(ctx context.Context, site, disk string, size int64) (Sink, error)
 	// Identify names the peer site of a connection accepted by Serve
 	// (the daemon completes the TLS handshake and reads the certificate).
 	// An error refuses the connection. Nil names every peer "".
@@ -186,6 +190,9 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, site string) erro
 			h.MinVersion, h.MaxVersion, MinProtocolVersion, ProtocolVersion))
 	}
 	sink, err := s.cfg.Lookup(ctx, site, h.Disk)
+	if errors.Is(err, ErrUnknownDisk) && s.cfg.Create != nil {
+		sink, err = s.cfg.Create(ctx, site, h.Disk, h.Size)
+	}
 	if err != nil {
 		code := uint16(errCodeSink)
 		if errors.Is(err, ErrUnknownDisk) {
