@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+
+	"github.com/tandem-dr/tandem/replication"
 )
 
 // The API routes, all JSON:
@@ -17,6 +19,9 @@ import (
 //	GET    /v1/disks/{name}      one disk
 //	DELETE /v1/disks/{name}      remove a disk
 //	GET    /v1/status[?disk=N]   per-disk status (DiskStatus)
+//	POST   /v1/disks/{name}/protect    start replication (ProtectOptions) → DiskInfo
+//	POST   /v1/disks/{name}/unprotect  stop replication → DiskInfo
+//	POST   /v1/disks/{name}/verify     compare with the replica → replication.VerifyReport
 //	POST   /v1/pair/token        issue a pairing token (TokenRequest) → TokenResponse
 //	POST   /v1/pairs             pair with a token (PairRequest) → PeerInfo
 //	GET    /v1/pairs             the paired sites
@@ -93,6 +98,35 @@ func (d *Daemon) apiHandler() http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /v1/disks/{name}/protect", func(w http.ResponseWriter, r *http.Request) {
+		var o ProtectOptions
+		if err := readJSON(r, &o); err != nil {
+			writeError(w, err)
+			return
+		}
+		info, err := d.Protect(r.Context(), r.PathValue("name"), o)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("POST /v1/disks/{name}/unprotect", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.Unprotect(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("POST /v1/disks/{name}/verify", func(w http.ResponseWriter, r *http.Request) {
+		rep, err := d.Verify(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := d.Status(r.Context(), r.URL.Query().Get("disk"))
 		if err != nil {
@@ -153,11 +187,13 @@ type apiError struct {
 func writeError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, ErrBadRequest):
+	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrWrongRole):
 		status = http.StatusBadRequest
 	case errors.Is(err, ErrDiskNotFound), errors.Is(err, ErrNotPaired):
 		status = http.StatusNotFound
 	case errors.Is(err, ErrDiskExists):
+		status = http.StatusConflict
+	case errors.Is(err, replication.ErrNotProtected):
 		status = http.StatusConflict
 	}
 	writeJSON(w, status, apiError{Error: err.Error()})

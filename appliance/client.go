@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/url"
 	"syscall"
+
+	"github.com/tandem-dr/tandem/replication"
 )
 
 // Client calls a running daemon's API over its unix socket. The CLI and
@@ -149,4 +151,22 @@ func (c *Client) Peers(ctx context.Context) ([]PeerInfo, error) {
 // Unpair forgets a paired site.
 func (c *Client) Unpair(ctx context.Context, site string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/pairs/"+url.PathEscape(site), nil, nil)
+}
+
+// Protect starts replicating a disk.
+func (c *Client) Protect(ctx context.Context, name string, o ProtectOptions) (DiskInfo, error) {
+	var out DiskInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/disks/"+url.PathEscape(name)+"/protect", o, &out)
+}
+
+// Unprotect stops replicating a disk.
+func (c *Client) Unprotect(ctx context.Context, name string) (DiskInfo, error) {
+	var out DiskInfo
+	return out, c.do(ctx, http.MethodPost, "/v1/disks/"+url.PathEscape(name)+"/unprotect", nil, &out)
+}
+
+// Verify compares a disk with its replica.
+func (c *Client) Verify(ctx context.Context, name string) (replication.VerifyReport, error) {
+	var out replication.VerifyReport
+	return out, c.do(ctx, http.MethodPost, "/v1/disks/"+url.PathEscape(name)+"/verify", nil, &out)
 }

@@ -56,6 +56,10 @@ type Daemon struct {
 // replays what the journal holds that the stores lack. It does not listen
 // yet: Serve does.
 func Open(ctx context.Context, dataDir string, opts Options, logger *slog.Logger) (*Daemon, error) {
+	dataDir, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
 	cfg, err := LoadConfig(dataDir)
 	if err != nil {
 		return nil, err

@@ -13,6 +13,8 @@ import (
 
 	"github.com/tandem-dr/tandem/disk"
 	"github.com/tandem-dr/tandem/journal"
+	"github.com/tandem-dr/tandem/replica"
+	"github.com/tandem-dr/tandem/replication"
 )
 
 // Roles of a disk at this site.
@@ -48,15 +50,26 @@ type DiskMeta struct {
 	Owned   bool      `json:"owned"` // Path was created by tandem and is removed with the disk
 	Role    string    `json:"role"`
 	Created time.Time `json:"created"`
+	// Peer is the other site: where a protected primary replicates to,
+	// or where a replica's primary is.
+	Peer string `json:"peer,omitempty"`
+	// Protected is set on a primary while it replicates to Peer.
+	Protected bool   `json:"protected,omitempty"`
+	Policy    Policy `json:"policy,omitempty"`
 }
 
-// openDisk is a disk in service: its store, journal and tap.
+// openDisk is a disk in service. A primary has its store and journaling
+// tap (and a sender while protected); a replica has its replica.Disk.
 type openDisk struct {
 	meta  DiskMeta
-	file  *disk.File
 	log   *journal.Log
-	tap   *disk.Tap
 	meter *meter
+
+	file   *disk.File
+	tap    *disk.Tap
+	sender *replication.Sender
+
+	replica *replica.Disk
 }
 
 func (d *Daemon) disksDir() string { return filepath.Join(d.dataDir, "disks") }
@@ -91,9 +104,12 @@ func (d *Daemon) loadDisks(ctx context.Context) error {
 	return nil
 }
 
-// openDisk opens the store, the journal and the tap of m. With create the
-// backing file is created (sparse) at m.Size.
+// openDisk opens a disk of either role. With create a primary's backing
+// file is created (sparse) at m.Size.
 func (d *Daemon) openDisk(ctx context.Context, m DiskMeta, create bool) (*openDisk, error) {
+	if m.Role == RoleReplica {
+		return d.openReplica(ctx, m)
+	}
 	opts := disk.FileOptions{}
 	if create && m.Owned {
 		opts.Size = m.Size
@@ -116,16 +132,46 @@ func (d *Daemon) openDisk(ctx context.Context, m DiskMeta, create bool) (*openDi
 		f.Close()
 		return nil, fmt.Errorf("open journaling tap: %w", err)
 	}
-	return &openDisk{meta: m, file: f, log: l, tap: tap, meter: &meter{}}, nil
+	od := &openDisk{meta: m, file: f, log: l, tap: tap, meter: &meter{}}
+	if m.Protected {
+		if err := d.startSender(ctx, od); err != nil {
+			od.close(ctx)
+			return nil, err
+		}
+	}
+	return od, nil
 }
 
-// closeDisk stops a disk's tap and closes its store.
-func (od *openDisk) close(ctx context.Context) error {
-	err := od.tap.Close(ctx)
-	if cerr := od.file.Close(); err == nil {
-		err = cerr
+// openReplica opens a replica disk: its store, staging area and
+// retention journal under DATA/replicas/NAME.
+func (d *Daemon) openReplica(ctx context.Context, m DiskMeta) (*openDisk, error) {
+	l, err := d.journal.Log(m.Name)
+	if err != nil {
+		return nil, fmt.Errorf("open journal: %w", err)
 	}
-	return err
+	rd, err := replica.Open(ctx, m.Path, l, m.Size, replica.Options{Logger: d.log.With("disk", m.Name)})
+	if err != nil {
+		return nil, fmt.Errorf("open replica: %w", err)
+	}
+	return &openDisk{meta: m, log: l, replica: rd, meter: &meter{}}, nil
+}
+
+// close stops a disk: its sender, then its tap and store (or its replica).
+func (od *openDisk) close(ctx context.Context) error {
+	var errs []error
+	if od.sender != nil {
+		if err := od.sender.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop replication: %w", err))
+		}
+		od.sender = nil
+	}
+	if od.tap != nil {
+		errs = append(errs, od.tap.Close(ctx), od.file.Close())
+	}
+	if od.replica != nil {
+		errs = append(errs, od.replica.Close(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // CreateOptions describe a new disk.
@@ -196,7 +242,7 @@ func (d *Daemon) CreateDisk(ctx context.Context, o CreateOptions) (DiskInfo, err
 	d.disks[o.Name] = od
 	d.log.Info("disk created", "disk", o.Name, "size", m.Size, "path", m.Path)
 	d.notifyChange(o.Name)
-	return od.info(), nil
+	return od.info(ctx), nil
 }
 
 // RemoveDisk stops serving a disk, drops its journal and, when tandem
@@ -225,7 +271,7 @@ func (d *Daemon) RemoveDisk(ctx context.Context, name string) error {
 		errs = append(errs, err)
 	}
 	if od.meta.Owned {
-		if err := os.Remove(od.meta.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.RemoveAll(od.meta.Path); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -249,25 +295,53 @@ type DiskInfo struct {
 	JournalBytes int64  `json:"journal_bytes"`
 	// Overflowed is set when the journal reached its limit and the disk
 	// tracks dirty regions for a later resync.
-	Overflowed bool `json:"overflowed"`
+	Overflowed bool    `json:"overflowed"`
+	Peer       string  `json:"peer,omitempty"`
+	Policy     *Policy `json:"policy,omitempty"`
 }
 
-func (od *openDisk) info() DiskInfo {
-	state := "unprotected"
-	if od.tap.Overflowed() {
-		state = "resync"
-	}
-	return DiskInfo{
+func (od *openDisk) info(ctx context.Context) DiskInfo {
+	di := DiskInfo{
 		Name:         od.meta.Name,
 		Size:         od.meta.Size,
 		Path:         od.meta.Path,
 		Role:         od.meta.Role,
-		State:        state,
+		Peer:         od.meta.Peer,
+		State:        od.state(ctx),
 		Created:      od.meta.Created,
 		JournalHead:  od.log.Head(),
 		JournalBytes: od.log.Bytes(),
-		Overflowed:   od.tap.Overflowed(),
 	}
+	if od.tap != nil {
+		di.Overflowed = od.tap.Overflowed()
+	}
+	if od.meta.Protected {
+		p := od.meta.Policy.withDefaults()
+		di.Policy = &p
+	}
+	return di
+}
+
+// state is the disk's replication state, in the words of the spec.
+func (od *openDisk) state(ctx context.Context) string {
+	switch {
+	case od.replica != nil:
+		st, err := od.replica.State(ctx)
+		switch {
+		case err != nil:
+			return "failed"
+		case !st.Initialized:
+			return "initial-sync"
+		case st.Sync != nil:
+			return "resync"
+		}
+		return "protected"
+	case od.sender != nil:
+		return od.sender.Status(ctx).State
+	case od.tap != nil && od.tap.NeedsResync():
+		return "resync"
+	}
+	return "unprotected"
 }
 
 // Disks lists the disks, by name.
@@ -276,7 +350,7 @@ func (d *Daemon) Disks(ctx context.Context) []DiskInfo {
 	defer d.mu.Unlock()
 	out := make([]DiskInfo, 0, len(d.disks))
 	for _, od := range d.disks {
-		out = append(out, od.info())
+		out = append(out, od.info(ctx))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -290,7 +364,7 @@ func (d *Daemon) Disk(ctx context.Context, name string) (DiskInfo, error) {
 	if !ok {
 		return DiskInfo{}, fmt.Errorf("%w: %s", ErrDiskNotFound, name)
 	}
-	return od.info(), nil
+	return od.info(ctx), nil
 }
 
 func (d *Daemon) lookup(name string) (*openDisk, bool) {

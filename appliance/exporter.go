@@ -10,48 +10,42 @@ import (
 )
 
 // exporter resolves NBD export names to the daemon's disks and views:
-// NAME is a primary disk (writable), NAME@ID a view of a point in time.
+// NAME is a primary disk (writable) or a replica (read-only, at its
+// consistent point); NAME@latest is the newest consistent point of a
+// replica.
 type exporter struct{ d *Daemon }
 
 var _ nbd.Exporter = exporter{}
 
-func (e exporter) resolve(name string) (*openDisk, string, error) {
+// resolve finds the backend of an export name.
+func (e exporter) resolve(name string) (nbd.ExportInfo, nbd.Backend, error) {
 	base, point, _ := strings.Cut(name, "@")
 	od, ok := e.d.lookup(base)
 	if !ok {
-		return nil, "", fmt.Errorf("%w: %q", nbd.ErrUnknownExport, name)
+		return nbd.ExportInfo{}, nil, fmt.Errorf("%w: %q", nbd.ErrUnknownExport, name)
 	}
-	return od, point, nil
+	info := nbd.ExportInfo{Name: name, Size: od.meta.Size}
+	switch {
+	case od.tap != nil && point == "":
+		info.Description = fmt.Sprintf("tandem disk %s (primary)", base)
+		return info, metered{tap: od.tap, m: od.meter}, nil
+	case od.replica != nil && (point == "" || point == "latest"):
+		info.Description = fmt.Sprintf("tandem replica %s of site %s, newest consistent point", base, od.meta.Peer)
+		info.ReadOnly = true
+		return info, disk.ReadOnly(od.replica), nil
+	}
+	return nbd.ExportInfo{}, nil, fmt.Errorf("%w: %q: no such view", nbd.ErrUnknownExport, name)
 }
 
 func (e exporter) Info(ctx context.Context, name string) (nbd.ExportInfo, error) {
-	od, point, err := e.resolve(name)
-	if err != nil {
-		return nbd.ExportInfo{}, err
-	}
-	if point != "" {
-		return nbd.ExportInfo{}, fmt.Errorf("%w: %q: no such view", nbd.ErrUnknownExport, name)
-	}
-	return nbd.ExportInfo{
-		Name:        name,
-		Description: fmt.Sprintf("tandem disk %s (%s)", od.meta.Name, od.meta.Role),
-		Size:        od.meta.Size,
-		ReadOnly:    od.meta.Role != RolePrimary,
-	}, nil
+	info, _, err := e.resolve(name)
+	return info, err
 }
 
 func (e exporter) Open(ctx context.Context, name string) (*nbd.Export, error) {
-	info, err := e.Info(ctx, name)
+	info, b, err := e.resolve(name)
 	if err != nil {
 		return nil, err
-	}
-	od, _, err := e.resolve(name)
-	if err != nil {
-		return nil, err
-	}
-	var b nbd.Backend = metered{tap: od.tap, m: od.meter}
-	if info.ReadOnly {
-		b = disk.ReadOnly(b)
 	}
 	return &nbd.Export{ExportInfo: info, Backend: b}, nil
 }
@@ -59,11 +53,15 @@ func (e exporter) Open(ctx context.Context, name string) (*nbd.Export, error) {
 func (e exporter) List(ctx context.Context) ([]nbd.ExportInfo, error) {
 	var out []nbd.ExportInfo
 	for _, di := range e.d.Disks(ctx) {
-		info, err := e.Info(ctx, di.Name)
-		if err != nil {
-			continue
+		names := []string{di.Name}
+		if di.Role == RoleReplica {
+			names = append(names, di.Name+"@latest")
 		}
-		out = append(out, info)
+		for _, n := range names {
+			if info, _, err := e.resolve(n); err == nil {
+				out = append(out, info)
+			}
+		}
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/tandem-dr/tandem/attach"
+	"github.com/tandem-dr/tandem/disk"
 	"github.com/tandem-dr/tandem/fusefs"
 )
 
@@ -20,7 +21,13 @@ func (s fuseSource) Entries(ctx context.Context) ([]fusefs.Entry, error) {
 	defer s.d.mu.Unlock()
 	out := make([]fusefs.Entry, 0, len(s.d.disks))
 	for name, od := range s.d.disks {
-		if od.meta.Role != RolePrimary {
+		if od.replica != nil {
+			out = append(out, fusefs.Entry{
+				Dir:      fusefs.DirViews,
+				Name:     name + "@latest",
+				File:     disk.ReadOnly(od.replica),
+				ReadOnly: true,
+			})
 			continue
 		}
 		b := metered{tap: od.tap, m: od.meter}
@@ -75,7 +82,10 @@ func (d *Daemon) startFUSE(ctx context.Context) (func(context.Context) error, er
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	d.chMu.Lock()
-	d.changed = func(name string) { fs.Invalidate(fusefs.DirDisks, name) }
+	d.changed = func(name string) {
+		fs.Invalidate(fusefs.DirDisks, name)
+		fs.Invalidate(fusefs.DirViews, name+"@latest")
+	}
 	d.chMu.Unlock()
 	d.log.Info("fuse mounted", "dir", dir)
 	return fs.Unmount, nil

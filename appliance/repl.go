@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/tandem-dr/tandem/pki"
 	"github.com/tandem-dr/tandem/replication"
@@ -40,6 +42,7 @@ func (d *Daemon) startRepl(ctx context.Context, wg *sync.WaitGroup, fail func(er
 	}
 	d.repl, err = replication.NewServer(replication.ServerConfig{
 		Lookup: d.lookupSink,
+		Create: d.createReplica,
 		Identify: func(ctx context.Context, conn net.Conn) (string, error) {
 			tc, ok := conn.(*tls.Conn)
 			if !ok {
@@ -65,6 +68,56 @@ func (d *Daemon) startRepl(ctx context.Context, wg *sync.WaitGroup, fail func(er
 }
 
 // lookupSink finds the replica disk a peer site replicates here.
-func (d *Daemon) lookupSink(ctx context.Context, site, disk string) (replication.Sink, error) {
-	return nil, fmt.Errorf("%w: %s from %s", replication.ErrUnknownDisk, disk, site)
+func (d *Daemon) lookupSink(ctx context.Context, site, name string) (replication.Sink, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	od, ok := d.disks[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s from %s", replication.ErrUnknownDisk, name, site)
+	}
+	if od.replica == nil {
+		return nil, fmt.Errorf("disk %s is a %s at %s, not a replica of %s: refused", name, od.meta.Role, d.cfg.Site, site)
+	}
+	if od.meta.Peer != site {
+		return nil, fmt.Errorf("disk %s here replicates site %s, not %s: refused", name, od.meta.Peer, site)
+	}
+	return od.replica, nil
+}
+
+// createReplica creates the replica of a disk that a paired site starts
+// protecting: DATA/replicas/NAME holds its store and staging area, the
+// site's journal its retention journal.
+func (d *Daemon) createReplica(ctx context.Context, site, name string, size int64) (replication.Sink, error) {
+	if err := ValidateDiskName(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", replication.ErrUnknownDisk, err)
+	}
+	if size <= 0 || size%512 != 0 {
+		return nil, fmt.Errorf("%w: %s: size %d", replication.ErrUnknownDisk, name, size)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.disks[name]; ok {
+		return nil, fmt.Errorf("disk %s exists at %s already: refused", name, d.cfg.Site)
+	}
+	m := DiskMeta{
+		Name:    name,
+		Size:    size,
+		Path:    filepath.Join(d.dataDir, "replicas", name),
+		Owned:   true,
+		Role:    RoleReplica,
+		Peer:    site,
+		Created: time.Now().UTC(),
+	}
+	od, err := d.openReplica(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeJSONFile(d.metaPath(name), m); err != nil {
+		od.close(ctx)
+		return nil, fmt.Errorf("save replica %s: %w", name, err)
+	}
+	d.disks[name] = od
+	d.notifyChange(name)
+	d.log.Info("replica created", "disk", name, "peer", site, "size", size)
+	return od.replica, nil
 }

@@ -27,6 +27,17 @@ type DiskStatus struct {
 	WriteBps float64 `json:"write_bps"`
 	// JournalBytes is the journal's unreleased size.
 	JournalBytes int64 `json:"journal_bytes"`
+	// Replication, on a protected primary: the link, the bytes shipped
+	// (RawBytes of data, WireBytes after compression), the throughput of
+	// shipping, the newest record the secondary holds, and the last error.
+	Connected     bool    `json:"connected"`
+	ShipBps       float64 `json:"ship_bps"`
+	RawBytes      uint64  `json:"raw_bytes"`
+	WireBytes     uint64  `json:"wire_bytes"`
+	AckedPoint    uint64  `json:"acked_point"`
+	SyncDegraded  bool    `json:"sync_degraded,omitempty"`
+	LastError     string  `json:"last_error,omitempty"`
+	ConsistentSeq uint64  `json:"consistent_point,omitempty"`
 }
 
 // Status reports every disk, or only the one named.
@@ -50,24 +61,67 @@ func (d *Daemon) Status(ctx context.Context, name string) ([]DiskStatus, error) 
 		}
 		r, w := od.meter.rates(now)
 		oldest, _ := od.log.Base()
-		out = append(out, DiskStatus{
+		st := DiskStatus{
 			Name:         di.Name,
 			Role:         di.Role,
 			State:        di.State,
+			Peer:         di.Peer,
 			NewestPoint:  di.JournalHead,
 			OldestPoint:  oldest,
 			ReadBps:      r,
 			WriteBps:     w,
 			JournalBytes: di.JournalBytes,
-		})
+		}
+		d.mu.Lock()
+		sender := od.sender
+		d.mu.Unlock()
+		if sender != nil {
+			rs := sender.Status(ctx)
+			st.State = rs.State
+			st.SyncPercent = rs.SyncPercent
+			st.LagSeconds = rs.LagSeconds
+			st.LagBytes = int64(rs.LagBytes)
+			st.RPOAlert = rs.RPOAlert
+			st.Connected = rs.Connected
+			st.ShipBps = rs.Throughput
+			st.RawBytes, st.WireBytes = rs.RawBytes, rs.WireBytes
+			st.AckedPoint = rs.AckedSeq
+			st.ConsistentSeq = rs.ConsistentSeq
+			st.SyncDegraded = rs.SyncDegraded
+			st.LastError = rs.LastError
+		}
+		if od.replica != nil {
+			if rst, err := od.replica.State(ctx); err == nil {
+				st.ConsistentSeq = rst.Consistent
+				st.NewestPoint = rst.Consistent
+			}
+		}
+		out = append(out, st)
 	}
 	return out, nil
 }
 
 // String formats a status line for people.
 func (s DiskStatus) String() string {
-	return fmt.Sprintf("%-16s %-8s %-14s lag %6.1fs %10dB  points %d..%d  write %s/s",
-		s.Name, s.Role, s.State, s.LagSeconds, s.LagBytes, s.OldestPoint, s.NewestPoint, FormatRate(s.WriteBps))
+	state := s.State
+	if s.State == "initial-sync" || (s.State == "resync" && s.SyncPercent > 0) {
+		state = fmt.Sprintf("%s %.0f%%", s.State, s.SyncPercent)
+	}
+	line := fmt.Sprintf("%-12s %-8s %-18s lag %6.1fs %9s  points %d..%d  write %s/s",
+		s.Name, s.Role, state, s.LagSeconds, FormatRate(float64(s.LagBytes)), s.OldestPoint, s.NewestPoint, FormatRate(s.WriteBps))
+	if s.Peer != "" {
+		line += "  peer " + s.Peer
+	}
+	if s.RPOAlert {
+		line += "  RPO ALERT"
+	}
+	if s.SyncDegraded {
+		line += "  SYNC DEGRADED"
+	}
+	if s.LastError != "" && !s.Connected {
+		line += "  (" + s.LastError + ")"
+	}
+	return line
 }
 
 // FormatRate prints a byte rate with a binary unit.
