@@ -257,6 +257,13 @@ func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error 
 		return fmt.Errorf("append received seq=%d: %w before an initial sync", first.Seq, ErrNoSync)
 	}
 	if err := d.log.AppendReceived(ctx, recs); err != nil {
+		if !errors.Is(err, journal.ErrCorrupt) {
+			// Some records may have been committed (or still be): catch
+			// the head and the store up with the journal.
+			if rerr := d.catchUp(ctx); rerr != nil {
+				d.broken = rerr
+			}
+		}
 		return fmt.Errorf("append received seq=%d..%d: %w", first.Seq, last.Seq, err)
 	}
 	d.head = replication.Position{Seq: last.Seq, Sum: last.Sum}
@@ -281,6 +288,38 @@ func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error 
 			// The records are durable in the journal: report, don't fail.
 			d.logger.Warn("replica: checkpoint", logKeyErr, err)
 		}
+	}
+	return nil
+}
+
+// catchUp re-reads the head after a failed append, waiting for records
+// still on their way to the journal, and outside a sync applies the
+// records the store lacks. d.mu held.
+func (d *Disk) catchUp(ctx context.Context) error {
+	for d.log.Committed() != d.log.Head() {
+		if err := sleep(context.WithoutCancel(ctx), time.Millisecond); err != nil {
+			return err
+		}
+	}
+	head, err := headPosition(context.WithoutCancel(ctx), d.log)
+	if err != nil {
+		return err
+	}
+	d.head = head
+	if d.st.Sync != nil || d.applied >= head.Seq {
+		return nil
+	}
+	d.rw.Lock()
+	defer d.rw.Unlock()
+	err = d.log.ReadFrom(context.WithoutCancel(ctx), d.applied+1, func(r journal.Record) error {
+		if err := d.apply(r); err != nil {
+			return err
+		}
+		d.applied = r.Seq
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("catch up with the journal from seq=%d: %w", d.applied+1, err)
 	}
 	return nil
 }
@@ -437,6 +476,38 @@ func (d *Disk) Store() *disk.File {
 	d.rw.RLock()
 	defer d.rw.RUnlock()
 	return d.store
+}
+
+// StorePath is the replica store's file: the disk to promote at failover
+// once the Disk is closed.
+func (d *Disk) StorePath() string { return filepath.Join(d.dir, storeFile) }
+
+// Detach closes the Disk but hands its store over, open, to the caller:
+// the promotion of a replica at failover. The store holds the replica at
+// the consistent point, durably (outside a sync it is checkpointed first;
+// during one it is the point before the sync, which stays unfinished in
+// the persisted state). The Disk must no longer be driven by a receiver.
+func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return nil, err
+	}
+	if err := d.checkpoint(ctx); err != nil {
+		return nil, fmt.Errorf("detach replica store: %w", err)
+	}
+	if d.staging != nil {
+		if err := d.staging.Close(); err != nil {
+			return nil, fmt.Errorf("detach replica store: %w", err)
+		}
+		d.staging = nil
+	}
+	d.closed = true
+	d.rw.Lock()
+	f := d.store
+	d.store = nil
+	d.rw.Unlock()
+	return f, nil
 }
 
 // Close checkpoints the store (outside a sync) and closes the store and

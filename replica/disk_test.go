@@ -1,9 +1,12 @@
 package replica_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/tandem-dr/tandem/journal"
@@ -374,5 +377,108 @@ func TestDiskCrashMidSync(t *testing.T) {
 	checkImage(t, "replica after a replaced sync", s.contents(), m.img)
 	if st := mustState(t, s.disk); st.Consistent != c.pos.Seq || st.Sync != nil {
 		t.Fatalf("State = %+v, want consistent at %d", st, c.pos.Seq)
+	}
+}
+
+// TestDiskReadersSeeWholeRecords reads the replica, as NBD clients of
+// NAME@latest do, while records are applied and a resync commits: each
+// record fills a block with one byte value, so a torn apply would show
+// as a block of two values.
+func TestDiskReadersSeeWholeRecords(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	m := newModel()
+	c := &chain{}
+	fullSync(t, s, m, c)
+	const block = 256 << 10
+	for off := int64(0); off < testSize; off += block { // uniform blocks to start from
+		r := c.write(off, bytes.Repeat([]byte{1}, block))
+		if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+			t.Fatalf("AppendReceived: %v", err)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads atomic.Int64
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := make([]byte, block)
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				off := int64(n%(testSize/block)) * block
+				if _, err := s.disk.ReadAt(b, off); err != nil {
+					t.Errorf("ReadAt: %v", err)
+					return
+				}
+				for _, v := range b {
+					if v != b[0] {
+						t.Errorf("block at off=%d holds %d and %d: a torn record", off, b[0], v)
+						return
+					}
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for i := 0; i < 60; i++ {
+		off := int64(i%(testSize/block)) * block
+		r := c.write(off, bytes.Repeat([]byte{byte(i + 2)}, block))
+		if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+			t.Fatalf("AppendReceived: %v", err)
+		}
+		if i == 30 { // a resync of one whole block commits meanwhile
+			c.write(0, []byte{0}) // a record lost to an overflow
+			if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 11, Base: c.pos}); err != nil {
+				t.Fatalf("BeginSync: %v", err)
+			}
+			if err := s.disk.WriteRegion(ctx, 0, bytes.Repeat([]byte{200}, block)); err != nil {
+				t.Fatalf("WriteRegion: %v", err)
+			}
+			if err := s.disk.SyncProgress(ctx, block); err != nil {
+				t.Fatalf("SyncProgress: %v", err)
+			}
+			if err := s.disk.EndCopy(ctx, c.pos); err != nil {
+				t.Fatalf("EndCopy: %v", err)
+			}
+			if err := s.disk.CommitSync(ctx); err != nil {
+				t.Fatalf("CommitSync: %v", err)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if reads.Load() == 0 {
+		t.Fatalf("no reads ran alongside the records")
+	}
+}
+
+func TestDiskDetach(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	m := newModel()
+	c := &chain{}
+	fullSync(t, s, m, c)
+	r := c.write(4096, fill(4096, 3))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	apply(m.img, r)
+	f, err := s.disk.Detach(ctx)
+	if err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	defer f.Close()
+	checkImage(t, "detached store", readAll(t, f, testSize), m.img)
+	if _, err := s.disk.State(ctx); !errors.Is(err, replica.ErrClosed) {
+		t.Fatalf("State after Detach = %v, want ErrClosed", err)
+	}
+	if s.disk.StorePath() == "" {
+		t.Fatalf("StorePath is empty")
 	}
 }
