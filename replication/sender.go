@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/tandem-dr/tandem/journal"
 )
 
 var (
@@ -180,12 +182,22 @@ func (s *Sender) run(ctx context.Context) {
 		if err != nil {
 			s.st.lastErr = err.Error()
 		}
+		if errors.Is(err, ErrDiverged) {
+			s.st.diverged = true // until records or a sync flow again
+		}
 		s.broadcastLocked()
 		s.mu.Unlock()
 		if flowed {
 			backoff = s.cfg.MinBackoff
 		}
-		s.cfg.Logger.Warn("replication: link down, will reconnect", logDisk, s.cfg.Disk, logErr, err, "backoff", backoff)
+		switch {
+		case errors.Is(err, journal.ErrCorrupt):
+			s.cfg.Logger.Error("replication: primary journal damaged, shipping held at the damaged record", logDisk, s.cfg.Disk, logErr, err)
+		case errors.Is(err, ErrDiverged):
+			s.cfg.Logger.Error("replication: sites diverged, nothing shipped until reprotect", logDisk, s.cfg.Disk, logErr, err)
+		default:
+			s.cfg.Logger.Warn("replication: link down, will reconnect", logDisk, s.cfg.Disk, logErr, err, "backoff", backoff)
+		}
 		// Jitter keeps two senders from retrying in step.
 		d := backoff/2 + rand.N(backoff/2+1)
 		t := time.NewTimer(d)
@@ -301,7 +313,6 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 		s.st.diverged = true
 		return SinkState{}, diverged
 	}
-	s.st.diverged = false
 	s.st.connected = true
 	s.st.lastErr = ""
 	// During a sync the secondary's records past its consistent point may

@@ -31,6 +31,9 @@ type streamer struct {
 	rbuf []byte // region payload: header room + RegionSize
 	// track lists the ranges of the batch's records for a running verify.
 	track []trackedWrite
+	// prev is the last record sent (or the point shipping starts from):
+	// each record read is verified against it before it is sent.
+	prev Position
 }
 
 // writeLoop decides between resuming a sync, starting one and streaming,
@@ -40,7 +43,6 @@ func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, 
 	s.mu.Lock()
 	job := s.st.sync
 	s.mu.Unlock()
-	var next uint64
 	switch {
 	case st.Sync != nil && job != nil && st.Sync.ID == job.info.ID:
 		s.cfg.Logger.Info("replication: resuming sync", logDisk, s.cfg.Disk, logSync, fmt.Sprintf("%016x", job.info.ID),
@@ -50,19 +52,19 @@ func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, 
 				return err
 			}
 		}
-		next = st.Head.Seq + 1
+		w.prev = st.Head
 	case !st.Initialized:
 		base, err := w.startSync(ctx, true, 0)
 		if err != nil {
 			return err
 		}
-		next = base + 1
+		w.prev = base
 	case st.Sync != nil:
 		base, err := w.startSync(ctx, false, st.Consistent)
 		if err != nil {
 			return err
 		}
-		next = base + 1
+		w.prev = base
 	default:
 		s.mu.Lock()
 		s.st.sync = nil
@@ -77,9 +79,9 @@ func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, 
 				return fmt.Errorf("release acknowledged records through seq=%d: %w", release, err)
 			}
 		}
-		next = st.Head.Seq + 1
+		w.prev = st.Head
 	}
-	return w.stream(ctx, next)
+	return w.stream(ctx, w.prev.Seq+1)
 }
 
 // send encodes a frame, waits for the bandwidth limit and writes it.
@@ -103,12 +105,12 @@ func (w *streamer) send(ctx context.Context, typ frameType, payload []byte, raw 
 }
 
 // startSync plans a sync at the source, announces it and copies its
-// regions. It returns the sync's base seq.
-func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (uint64, error) {
+// regions. It returns the sync's base.
+func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (Position, error) {
 	s := w.s
 	plan, err := s.src.StartSync(ctx, full, after)
 	if err != nil {
-		return 0, fmt.Errorf("plan sync (full=%v after seq=%d): %w", full, after, err)
+		return Position{}, fmt.Errorf("plan sync (full=%v after seq=%d): %w", full, after, err)
 	}
 	job := &syncJob{plan: plan, regions: normalizeRegions(plan.Regions, s.src.Size()), started: time.Now()}
 	for _, r := range job.regions {
@@ -118,6 +120,7 @@ func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (uint
 	job.info.Full = full
 	job.info.Base = plan.Base
 	s.mu.Lock()
+	s.st.diverged = false
 	s.st.sync = job
 	s.st.head = max(s.st.head, plan.Base.Seq)
 	s.st.sent = max(s.st.sent, plan.Base.Seq)
@@ -126,12 +129,12 @@ func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (uint
 		"full", full, "base", plan.Base.Seq, "regions", len(job.regions), "bytes", job.info.Total)
 	m := syncBeginMsg{ID: job.info.ID, Full: full, Base: plan.Base, Total: job.info.Total}
 	if err := w.send(ctx, frameSyncBegin, m.encode(), 0); err != nil {
-		return 0, err
+		return Position{}, err
 	}
 	if err := w.copyRegions(ctx, job, 0); err != nil {
-		return 0, err
+		return Position{}, err
 	}
-	return plan.Base.Seq, nil
+	return plan.Base, nil
 }
 
 // copyRegions sends the sync's regions from offset from, then SyncEnd
@@ -258,7 +261,7 @@ func (w *streamer) stream(ctx context.Context, next uint64) error {
 			if err != nil {
 				return err
 			}
-			next = base + 1
+			w.prev, next = base, base.Seq+1
 			continue
 		}
 		if err != nil {
@@ -319,10 +322,21 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	var first time.Time
 	track := w.track[:0]
 	want := *next
+	prev := w.prev
 	err := s.src.ReadFrom(ctx, want, func(r journal.Record) error {
 		if r.Seq != want {
 			return fmt.Errorf("source gave seq=%d, want %d", r.Seq, want)
 		}
+		// A damaged record is never shipped: shipping holds before it. A
+		// sound record that does not follow the secondary's head means
+		// the histories differ.
+		if err := r.Verify(r.PrevSum); err != nil {
+			return err
+		}
+		if r.PrevSum != prev.Sum {
+			return fmt.Errorf("%w: record seq=%d follows sum %016x, the secondary holds %016x", ErrDiverged, r.Seq, r.PrevSum, prev.Sum)
+		}
+		prev = Position{Seq: r.Seq, Sum: r.Sum}
 		var err error
 		if buf, err = r.AppendBinary(buf); err != nil {
 			return fmt.Errorf("encode record seq=%d: %w", r.Seq, err)
@@ -342,6 +356,9 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		return nil
 	})
 	w.buf, w.track = buf, track
+	if count > 0 && err != nil && (errors.Is(err, journal.ErrCorrupt) || errors.Is(err, ErrDiverged)) {
+		err = nil // ship the sound records before it; the next batch stops there
+	}
 	if err != nil && !errors.Is(err, errBatchFull) {
 		if errors.Is(err, ErrTruncated) || errors.Is(err, journal.ErrReleased) {
 			return 0, err
@@ -353,6 +370,7 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	}
 	binary.BigEndian.PutUint32(buf[0:], uint32(count))
 	s.mu.Lock()
+	s.st.diverged = false
 	s.st.inflight = append(s.st.inflight, batchMeta{last: want - 1, first: first, bytes: uint64(dataBytes)})
 	s.st.sent = want - 1
 	s.st.head = max(s.st.head, want-1)
@@ -364,5 +382,6 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		return 0, err
 	}
 	*next = want
+	w.prev = prev
 	return count, nil
 }

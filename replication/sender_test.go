@@ -351,3 +351,38 @@ func TestDivergenceDetected(t *testing.T) {
 		}
 	}
 }
+
+// TestDamagedRecordNotShipped damages a record in the primary's journal:
+// the records before it are shipped, it and those after are not, and the
+// sender reports the damage.
+func TestDamagedRecordNotShipped(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	src.Write(0, []byte("before the sender starts"))
+	s, logs := startSender(t, src, d.dial, nil)
+	waitSynced(t, s, src, sink, 10*time.Second)
+	closeSender(t, s)
+	var bad uint64
+	for i := 0; i < 10; i++ {
+		seq := src.Write(int64(i)*4096, []byte("record"))
+		if i == 6 {
+			bad = seq
+		}
+	}
+	src.Tamper(bad)
+	s, logs = startSender(t, src, d.dial, nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.Status(context.Background()).LastError, "corrupt") {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v; want a LastError naming the corrupt record", s.Status(context.Background()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	st, _ := sink.State(context.Background())
+	if st.Head.Seq != bad-1 || st.Consistent != bad-1 {
+		t.Errorf("replica head %d consistent %d; want both at %d, just before the damaged record", st.Head.Seq, st.Consistent, bad-1)
+	}
+	waitLog(t, logs, "primary journal damaged")
+}

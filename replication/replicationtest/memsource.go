@@ -322,3 +322,24 @@ func (m *MemSource) Kept() int {
 	defer m.mu.Unlock()
 	return len(m.recs)
 }
+
+// Tamper damages kept record seq (its data, or its length when it has
+// none) without resealing it, as a bad disk would.
+func (m *MemSource) Tamper(seq uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.recs) == 0 || seq < m.recs[0].Seq || seq > m.head.Seq {
+		return
+	}
+	i := seq - m.recs[0].Seq
+	r := m.recs[i]
+	if len(r.Data) > 0 {
+		r.Data = append([]byte(nil), r.Data...)
+		r.Data[0] ^= 0xff
+	} else {
+		r.Len++
+	}
+	recs := append([]journal.Record(nil), m.recs...)
+	recs[i] = r
+	m.recs = recs
+}
