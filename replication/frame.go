@@ -193,7 +193,8 @@ func newFrameWriter(w io.Writer, compress bool) (*frameWriter, error) {
 	fw := &frameWriter{w: w}
 	if compress {
 		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
+			zstd.WithEncoderCRC(false)) // the frame CRC covers it
 		if err != nil {
 			return nil, fmt.Errorf("new zstd encoder: %w", err)
 		}
