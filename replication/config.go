@@ -69,6 +69,11 @@ type SenderConfig struct {
 	// while the link is busy.
 	MaxBatchBytes   int
 	MaxBatchRecords int
+	// BatchDelay, when positive, lets a batch smaller than half of
+	// MaxBatchBytes wait up to this long for more records (fewer, larger
+	// frames under a trickle of small writes, at the cost of lag). Zero
+	// (the default) sends at once, which suits sync mode.
+	BatchDelay time.Duration
 	// RegionSize is the unit the initial sync and resync read and send.
 	RegionSize int
 

@@ -323,7 +323,7 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	track := w.track[:0]
 	want := *next
 	prev := w.prev
-	err := s.src.ReadFrom(ctx, want, func(r journal.Record) error {
+	fn := func(r journal.Record) error {
 		if r.Seq != want {
 			return fmt.Errorf("source gave seq=%d, want %d", r.Seq, want)
 		}
@@ -354,7 +354,21 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 			return errBatchFull
 		}
 		return nil
-	})
+	}
+	err := s.src.ReadFrom(ctx, want, fn)
+	// With a BatchDelay, a small batch waits a little for more records.
+	if err == nil && count > 0 && s.cfg.BatchDelay > 0 {
+		deadline := time.Now().Add(s.cfg.BatchDelay)
+		for err == nil && len(buf) < s.cfg.MaxBatchBytes/2 && time.Now().Before(deadline) {
+			wctx, cancel := context.WithDeadline(ctx, deadline)
+			werr := s.src.WaitAfter(wctx, want-1)
+			cancel()
+			if werr != nil {
+				break
+			}
+			err = s.src.ReadFrom(ctx, want, fn)
+		}
+	}
 	w.buf, w.track = buf, track
 	if count > 0 && err != nil && (errors.Is(err, journal.ErrCorrupt) || errors.Is(err, ErrDiverged)) {
 		err = nil // ship the sound records before it; the next batch stops there

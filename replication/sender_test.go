@@ -386,3 +386,35 @@ func TestDamagedRecordNotShipped(t *testing.T) {
 	}
 	waitLog(t, logs, "primary journal damaged")
 }
+
+// TestBatchDelayBatches checks that a BatchDelay gathers a trickle of small
+// writes into few frames, and that without it they still all arrive.
+func TestBatchDelayBatches(t *testing.T) {
+	frames := map[time.Duration]uint64{}
+	for _, delay := range []time.Duration{0, 50 * time.Millisecond} {
+		src := replicationtest.NewMemSource(diskSize, 0)
+		sink := replicationtest.NewMemSink(diskSize)
+		sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+		d := newDialer(sec.addr())
+		s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+			c.BatchDelay = delay
+			c.Compress = replication.CompressNone
+			c.Heartbeat = time.Hour
+		})
+		src.Write(0, []byte("boot"))
+		waitSynced(t, s, src, sink, 10*time.Second)
+		before := s.Status(context.Background()).WireBytes
+		for i := 0; i < 100; i++ {
+			src.Write(int64(i)*4096, []byte("x"))
+			time.Sleep(time.Millisecond)
+		}
+		waitSynced(t, s, src, sink, 10*time.Second)
+		frames[delay] = s.Status(context.Background()).WireBytes - before
+		closeSender(t, s)
+	}
+	// Every frame costs a 16-byte header and a 4-byte count besides the
+	// 55 bytes of each record.
+	if frames[50*time.Millisecond] >= frames[0] {
+		t.Errorf("wire bytes with BatchDelay %d, without %d; want fewer with it (fewer frames)", frames[50*time.Millisecond], frames[0])
+	}
+}
