@@ -46,7 +46,7 @@ func TestSendfileReads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() }) // after the server has shut down
 	be := &fileBackend{f: f, size: int64(len(data))}
 	srv := nbdtest.NewServer(t, &nbd.SingleExport{Name: "disk", Backend: be}, nbd.ServerOptions{})
 	for _, structured := range []bool{false, true} {
@@ -113,7 +113,7 @@ func TestSpliceWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() }) // after the server has shut down
 	be := &flushFileBackend{fileBackend: fileBackend{f: f, size: size}}
 	srv := nbdtest.NewServer(t, &nbd.SingleExport{Name: "disk", Backend: be}, nbd.ServerOptions{})
 	want := make([]byte, size)
