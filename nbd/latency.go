@@ -1,0 +1,44 @@
+package nbd
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Requests whose kind has recently been served by the backend within
+// inlineThreshold are served by the reading goroutine itself: a page-cache
+// read or write costs less than handing it to another goroutine and waking
+// it. Slower kinds (flushes, a backend waiting on a disk or a remote
+// journal), FUA requests and CACHE (which reads a whole range) are served
+// concurrently, up to MaxInFlight. Every probeEvery-th
+// request of a slow kind is served inline again, so the choice follows the
+// backend when it speeds up.
+const (
+	inlineThreshold = 40 * time.Microsecond
+	probeEvery      = 64
+)
+
+// latencies keeps a moving average of the backend's service time per
+// command type.
+type latencies struct {
+	avg   [8]atomic.Int64 // nanoseconds, by command type
+	count [8]atomic.Uint32
+}
+
+func (l *latencies) inline(typ uint16) bool {
+	if typ == CmdFlush || typ == CmdCache || int(typ) >= len(l.avg) {
+		return false
+	}
+	if time.Duration(l.avg[typ].Load()) < inlineThreshold {
+		return true
+	}
+	return l.count[typ].Add(1)%probeEvery == 0
+}
+
+func (l *latencies) observe(typ uint16, d time.Duration) {
+	if int(typ) >= len(l.avg) {
+		return
+	}
+	old := l.avg[typ].Load()
+	l.avg[typ].Store(old + (int64(d)-old)/8)
+}
