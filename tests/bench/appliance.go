@@ -59,8 +59,9 @@ type appTarget struct {
 // Both are prefilled over the working set so that reads are of data.
 // Each line runs against each server in turn, rounds times, and the best
 // run counts. It prints MB/s, IOPS, mean latency, the ratio, issue 3's
-// target and PASS or FALL SHORT, and the daemon's peak RSS (VmHWM, sampled
-// from /proc) against 256 MiB. With TANDEM_BENCH_PERF=DIR it then profiles
+// target and PASS or FALL SHORT, the daemon's peak RSS during each line
+// (VmHWM, reset through clear_refs before the line) and its peak over the
+// whole run (sampled from /proc) against 256 MiB. With TANDEM_BENCH_PERF=DIR it then profiles
 // the daemon under each line that fell short.
 func benchAppliance(ctx context.Context, env *benchEnv) error {
 	for _, tool := range []string{"fio", "nbdkit"} {
@@ -69,7 +70,7 @@ func benchAppliance(ctx context.Context, env *benchEnv) error {
 		}
 	}
 	diskSize, workSet := int64(4<<30), int64(1<<30)
-	runtime, rounds := 4*time.Second, 3
+	runtime, rounds := 3*time.Second, 3
 	if env.Short {
 		diskSize, workSet, runtime, rounds = 1<<30, 256<<20, 2*time.Second, 1
 	}
@@ -140,7 +141,9 @@ func benchAppliance(ctx context.Context, env *benchEnv) error {
 	for _, t := range targets {
 		res[t.name] = map[string]appResult{}
 	}
+	linePeak := map[string]int64{} // the daemon's VmHWM during each line
 	for _, l := range lines {
+		resetOK := sampler.resetPeak() == nil
 		for range rounds {
 			for _, t := range targets {
 				r, err := appFio(ctx, dir, t.uri, l, workSet, runtime)
@@ -155,14 +158,17 @@ func benchAppliance(ctx context.Context, env *benchEnv) error {
 				return fmt.Errorf("tandem serve exited during %s; see %s", l.name, daemon.logPath)
 			}
 		}
+		if m, err := procMem(daemon.pid()); err == nil && resetOK {
+			linePeak[l.name] = m.HWM
+		}
 	}
 	peak, last := sampler.stop()
 	journalBytes := appJournalBytes(ctx, env.Bin, data)
 
 	fmt.Printf("fio nbd engine, unix socket, %d MiB disk, %d MiB working set, best of %d runs of %v per line\n",
 		diskSize>>20, workSet>>20, rounds, runtime)
-	fmt.Printf("%-15s %3s | %24s | %24s | %6s %6s  %s\n",
-		"workload", "QD", "nbdkit MB/s  IOPS  lat", "tandem MB/s  IOPS  lat", "ratio", "target", "")
+	fmt.Printf("%-15s %3s | %24s | %24s %8s | %6s %6s  %s\n",
+		"workload", "QD", "nbdkit MB/s  IOPS  lat", "tandem MB/s  IOPS  lat", "peak RSS", "ratio", "target", "")
 	var short []appLine
 	for _, l := range lines {
 		k, t := res["nbdkit"][l.name], res["tandem"][l.name]
@@ -175,8 +181,12 @@ func benchAppliance(ctx context.Context, env *benchEnv) error {
 			verdict = "FALL SHORT"
 			short = append(short, l)
 		}
-		fmt.Printf("%-15s %3d | %6.0f %7.0f %6.0fus | %6.0f %7.0f %6.0fus | %5.2fx %5.2fx  %s\n",
-			l.name, l.depth, k.mbs, k.iops, k.latUS, t.mbs, t.iops, t.latUS, ratio, l.target, verdict)
+		rss := "-"
+		if p, ok := linePeak[l.name]; ok {
+			rss = fmt.Sprintf("%.0f MiB", float64(p)/(1<<20))
+		}
+		fmt.Printf("%-15s %3d | %6.0f %7.0f %6.0fus | %6.0f %7.0f %6.0fus %8s | %5.2fx %5.2fx  %s\n",
+			l.name, l.depth, k.mbs, k.iops, k.latUS, t.mbs, t.iops, t.latUS, rss, ratio, l.target, verdict)
 	}
 	verdict := "PASS"
 	if peak.HWM >= applianceRSSLimit || peak.HWM == 0 {
@@ -435,6 +445,17 @@ func (s *rssSampler) sample() {
 	s.last = m
 	s.peak = procMemory{max(s.peak.HWM, m.HWM), max(s.peak.RSS, m.RSS), max(s.peak.Anon, m.Anon), max(s.peak.File, m.File)}
 	s.mu.Unlock()
+}
+
+// resetPeak takes a sample, so the peak so far is kept, and resets the
+// kernel's VmHWM of the process (clear_refs 5), so that the next samples
+// show the peak from now on.
+func (s *rssSampler) resetPeak() error {
+	s.sample()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", s.pid), []byte("5"), 0); err != nil {
+		return fmt.Errorf("reset peak RSS: %w", err)
+	}
+	return nil
 }
 
 // stop takes a last sample, stops polling and returns the peaks and the
