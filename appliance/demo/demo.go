@@ -111,6 +111,14 @@ func (r *runner) run(name string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// quiet runs a tandem CLI command without echoing it (polling).
+func (r *runner) quiet(s *site, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(r.ctx, time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, r.bin, append([]string{"--data", s.data}, args...)...).Output()
+	return string(out), err
+}
+
 // tandem runs a tandem CLI command against a site.
 func (r *runner) tandem(s *site, args ...string) (string, error) {
 	return r.run(r.bin, append([]string{"--data", s.data}, args...)...)
