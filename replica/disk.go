@@ -141,6 +141,10 @@ func (d *Disk) load(ctx context.Context) error {
 	v, err := d.log.Meta(metaState)
 	switch {
 	case errors.Is(err, journal.ErrNotFound):
+		// A new replica starts from zeroes, whatever an old file held.
+		if err := d.store.Trim(0, d.size); err != nil {
+			return fmt.Errorf("clear new replica store: %w", err)
+		}
 	case err != nil:
 		return err
 	default:

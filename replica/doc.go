@@ -19,10 +19,24 @@
 // When the journal fills up the tap tracks dirty regions instead; Source
 // then reports NeedsResync and refuses to stream records past the gap, and
 // StartSync appends a marker record, leaves overflow mode and plans the
-// dirty regions plus the ranges of the records the secondary lacks. The
+// dirty regions plus the ranges of the records the secondary lacks.
+// SyncCommitted clears the dirty marks a committed plan covered. The
 // marker makes every sync's Base a sequence number that the secondary can
 // only reach by committing that sync, so Acked passing a plan's Base
-// proves the plan's dirty regions are on the secondary and clears them.
+// proves the same (and saves a resync when the acknowledgement naming the
+// sync was lost with a connection).
+//
+// # Use by the daemon
+//
+// Protect a disk: Protect(ctx, log), then NewSource(tap, log, opts), then
+// replication.NewSender with the Source, then Sender.Open. At daemon start
+// for a protected disk (Protected(log) is true): NewTap, NewSource, Sender.
+// Unprotect: Sender.Close, then Unprotect(ctx, tap, log). For a replica
+// disk: Open(ctx, dir, log, size, opts) at start or when the replica is
+// created, hand the Disk to the replication Server's Lookup, export it as
+// NAME@latest (read-only), call Release from the retention policy, and
+// Close it once the Server no longer routes to it, before closing the
+// journal.
 //
 // # Secondary
 //

@@ -20,6 +20,9 @@ import (
 
 const e2eSize = 8 << 20
 
+// minWrites is how many writes a writer phase makes at least.
+const minWrites = 50
+
 // pair is a primary and a secondary linked by a Sender and a Server over
 // loopback TCP, each side restartable.
 type pair struct {
@@ -168,7 +171,8 @@ func (x *pair) restartPrimary() {
 }
 
 // write starts writers that write, zero and trim random ranges through
-// the tap until the returned stop is called; stop returns the count.
+// the tap until the returned stop is called; stop returns the count, once
+// it is at least minWrites.
 func (x *pair) write(seed uint64, writers int) (stop func() int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -208,6 +212,7 @@ func (x *pair) write(seed uint64, writers int) (stop func() int) {
 		}(uint64(w))
 	}
 	return func() int {
+		x.waitFor("writes through the tap", 30*time.Second, func() bool { return n.Load() >= minWrites })
 		cancel()
 		wg.Wait()
 		return int(n.Load())
@@ -312,10 +317,7 @@ func TestReplicateEndToEnd(t *testing.T) {
 	}
 	x.waitFor("the initial sync to commit", 30*time.Second, func() bool { return x.sinkState().Initialized })
 	time.Sleep(300 * time.Millisecond) // continuous replication under writes
-	n := stop()
-	if n < 50 {
-		t.Fatalf("only %d writes went through the tap", n)
-	}
+	stop()
 	x.converge(30 * time.Second)
 	if st := x.status(); st.State != replication.StateProtected || st.LagRecords != 0 {
 		t.Errorf("sender status after catching up = %+v, want protected with no lag", st)
