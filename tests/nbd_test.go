@@ -116,6 +116,10 @@ func TestNBDQemuIO(t *testing.T) {
 	if strings.Contains(out, "fail") || strings.Contains(out, "error") {
 		t.Fatalf("qemu-io reported a failure:\n%s", out)
 	}
+	// The discard punched a hole: base:allocation reports it.
+	if m := mustRun(t, "nbdinfo", "--map", uri); !mapCovers(m, 4*mib, 512<<10, "3") {
+		t.Fatalf("nbdinfo --map after discard 4M 512k has no hole there:\n%s", m)
+	}
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
@@ -273,4 +277,21 @@ func TestNBDTLS(t *testing.T) {
 	if r := runCmd(t, time.Minute, "nbdinfo", "--size", "nbd+unix:///?socket="+sock); r.Code == 0 {
 		t.Fatalf("nbdinfo without TLS was served by a TLS-required server")
 	}
+}
+
+// mapCovers reports whether an nbdinfo --map listing has one extent of
+// type typ covering [off, off+n).
+func mapCovers(listing string, off, n int64, typ string) bool {
+	for _, l := range strings.Split(listing, "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		o, err1 := strconv.ParseInt(f[0], 10, 64)
+		k, err2 := strconv.ParseInt(f[1], 10, 64)
+		if err1 == nil && err2 == nil && f[2] == typ && o <= off && off+n <= o+k {
+			return true
+		}
+	}
+	return false
 }
