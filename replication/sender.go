@@ -167,7 +167,14 @@ func (s *Sender) Close(ctx context.Context) error {
 
 // run is the connection loop.
 func (s *Sender) run(ctx context.Context) {
+	defer func() {
+		s.mu.Lock()
+		s.st.connected = false
+		s.broadcastLocked()
+		s.mu.Unlock()
+	}()
 	backoff := s.cfg.MinBackoff
+	lastLogged := ""
 	for ctx.Err() == nil {
 		began := time.Now()
 		flowed, err := s.session(ctx)
@@ -190,7 +197,12 @@ func (s *Sender) run(ctx context.Context) {
 		if flowed {
 			backoff = s.cfg.MinBackoff
 		}
+		// The same failure again (the peer still away, the record still
+		// damaged) is logged at Debug, not once per retry.
+		msg := fmt.Sprint(err)
 		switch {
+		case msg == lastLogged:
+			s.cfg.Logger.Debug("replication: still failing", logDisk, s.cfg.Disk, logErr, err, "backoff", backoff)
 		case errors.Is(err, journal.ErrCorrupt):
 			s.cfg.Logger.Error("replication: primary journal damaged, shipping held at the damaged record", logDisk, s.cfg.Disk, logErr, err)
 		case errors.Is(err, ErrDiverged):
@@ -198,6 +210,7 @@ func (s *Sender) run(ctx context.Context) {
 		default:
 			s.cfg.Logger.Warn("replication: link down, will reconnect", logDisk, s.cfg.Disk, logErr, err, "backoff", backoff)
 		}
+		lastLogged = msg
 		// Jitter keeps two senders from retrying in step.
 		d := backoff/2 + rand.N(backoff/2+1)
 		t := time.NewTimer(d)
