@@ -22,7 +22,7 @@ const (
 	DefaultCheckpointEvery = 5 * time.Second
 	// DefaultCheckpointBytes of records journaled since the last
 	// checkpoint trigger one early.
-	DefaultCheckpointBytes = 64 << 20
+	DefaultCheckpointBytes = 32 << 20
 )
 
 // HoldApply is the journal hold the tap keeps: records at or below it are

@@ -30,7 +30,7 @@ const (
 	HeaderSize = 54
 	// MaxData is the largest Data a record may carry. Writes larger than
 	// this are journaled as several records.
-	MaxData = 4 << 20
+	MaxData = 1 << 20
 )
 
 var (

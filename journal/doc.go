@@ -41,6 +41,7 @@
 //	l <id:4> m <key>                  -> metadata value
 //	l <id:4> x <region:8> <seq:8>     -> reserved: index from a region of
 //	                                     the disk to the records touching it
+//	p <n:8>                           -> padding, deleted at once (reclaim)
 //
 // Reading from a sequence onwards is one badger seek to l<id>r<seq> and a
 // forward scan. A per-disk id instead of the name keeps keys short and
@@ -57,8 +58,18 @@
 // log without holds keeps everything. Options.MaxBytes bounds each log's
 // unreleased bytes: Append fails with ErrFull rather than grow past it.
 // Record data lives in badger's value log (Options.ValueThreshold), and a
-// GC loop rewrites value-log files that released records turned mostly
-// into garbage, so a steady state holds a bounded footprint.
+// GC loop rewrites (or just deletes) value-log files that released
+// records turned mostly into garbage, so a steady state holds a bounded
+// footprint. Badger learns what is garbage only from compactions, which
+// follow memtable flushes; since a journal's memtable holds only keys and
+// value pointers, the GC loop forces a flush (padding entries under the
+// p tag, deleted at once) after every Options.ReclaimBytes released.
+//
+// Memory: badger maps its files; the value-log pages written since a file
+// was created stay in the process's resident set (as shared page cache)
+// until GC deletes the file. Resident memory is therefore about the
+// memtables and caches (Options) plus the value-log files not yet
+// reclaimed, which prompt releases keep near the unreleased bytes.
 //
 // # Crash safety
 //

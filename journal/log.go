@@ -273,7 +273,7 @@ func (l *Log) Append(ctx context.Context, rec Record) (*Pending, error) {
 
 // enqueueLocked queues a sealed record that follows the head. l.mu held.
 func (l *Log) enqueueLocked(rec *Record, size int64) (*Pending, error) {
-	val, err := rec.AppendBinary(make([]byte, 0, size))
+	val, err := rec.AppendBinary(getBuf(int(size)))
 	if err != nil {
 		return nil, fmt.Errorf("append journal %s seq=%d: %w", l.name, rec.Seq, err)
 	}
@@ -306,6 +306,8 @@ func (l *Log) committed(e *entry) {
 		}
 	}
 	l.mu.Unlock()
+	putBuf(e.val)
+	e.val = nil
 	close(e.p.done)
 }
 
@@ -332,6 +334,8 @@ func (l *Log) fail(e *entry, err error) {
 		err = fmt.Errorf("append journal %s seq=%d: %w", l.name, e.seq, ErrAborted)
 	}
 	e.p.err = err
+	putBuf(e.val)
+	e.val = nil
 	close(e.p.done)
 }
 

@@ -17,7 +17,7 @@ const (
 	DefaultMemTableSize = 4 << 20
 	// DefaultNumMemtables is how many memtables badger keeps before it
 	// stalls writes.
-	DefaultNumMemtables = 2
+	DefaultNumMemtables = 4
 	// DefaultValueThreshold: values at least this long live in the value
 	// log, written once; shorter ones (zero, trim, holds, small writes)
 	// stay in the LSM.
@@ -28,18 +28,18 @@ const (
 	DefaultIndexCacheSize = 4 << 20
 	// DefaultValueLogFileSize is the size of one value-log file: the unit
 	// that value-log GC reclaims.
-	DefaultValueLogFileSize = 16 << 20
+	DefaultValueLogFileSize = 8 << 20
 	// DefaultNumCompactors is how many compaction goroutines badger runs
 	// (badger needs at least 2).
 	DefaultNumCompactors = 2
 	// DefaultNumLevelZeroTables is how many level-0 tables badger keeps
 	// before it compacts them.
-	DefaultNumLevelZeroTables = 1
+	DefaultNumLevelZeroTables = 2
 	// DefaultGCInterval is how often the value-log GC loop runs.
 	DefaultGCInterval = 200 * time.Millisecond
 	// DefaultReclaimBytes of released records make the GC loop flush
 	// badger's memtable and collect the value log at once.
-	DefaultReclaimBytes = 32 << 20
+	DefaultReclaimBytes = 16 << 20
 	// DefaultGCDiscardRatio is the share of garbage a value-log file must
 	// hold before GC rewrites it.
 	DefaultGCDiscardRatio = 0.5
