@@ -55,7 +55,7 @@ func TestInitialSyncWhileWriting(t *testing.T) {
 	d := newDialer(sec.addr())
 	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.RegionSize = 128 << 10; c.Bandwidth = 40 << 20 })
 	sawSync := false
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 2000; i++ {
 		st := s.Status(context.Background())
 		if st.State == replication.StateInitialSync {
 			sawSync = true
