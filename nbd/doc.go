@@ -15,11 +15,16 @@
 // CACHE, BLOCK_STATUS and DISC; simple and structured replies.
 //
 // Concurrency: a Server is safe for concurrent use and serves any number of
-// listeners. Each connection has one goroutine reading requests, up to
-// ServerOptions.MaxInFlight goroutines serving them in parallel, and one
-// goroutine writing replies in completion order (replies to one connection
-// may be reordered, as the protocol allows). Backends must therefore be safe
-// for concurrent use. An export is opened only when a client completes the
+// listeners. Each connection has one goroutine reading requests. Requests
+// the backend has lately served quickly (page-cache reads and writes) go in
+// order to one worker goroutine, overlapping with the reading; slower ones
+// (flushes, FUA, a backend waiting on a disk or a remote journal) each get
+// a goroutine, up to ServerOptions.MaxInFlight requests in flight. Replies
+// are written in completion order (the protocol allows any), batched into
+// one writev when several are ready. Backends must therefore be safe for
+// concurrent use. On plaintext connections, backends that are a plain file
+// (FileRanger) have large reads sent with sendfile and large writes spliced
+// from the socket. An export is opened only when a client completes the
 // handshake with NBD_OPT_GO or NBD_OPT_EXPORT_NAME, and closed when that
 // connection ends. Malformed input ends only the connection that sent it.
 //

@@ -6,16 +6,16 @@ import (
 )
 
 // Requests whose kind has recently been served by the backend within
-// inlineThreshold are served by the reading goroutine itself: a page-cache
-// read or write costs less than handing it to another goroutine and waking
-// it. Slower kinds (flushes, a backend waiting on a disk or a remote
-// journal), FUA requests and CACHE (which reads a whole range) are served
-// concurrently, up to MaxInFlight. Every probeEvery-th
-// request of a slow kind is served inline again, so the choice follows the
+// fastThreshold go to the connection's one fast worker, in order: a
+// page-cache read or write costs less than a goroutine of its own and the
+// wake-ups around it. Slower kinds (flushes, a backend waiting on a disk or
+// a remote journal), FUA requests and CACHE (which reads a whole range) are
+// served concurrently, up to MaxInFlight. Every probeEvery-th request of a
+// slow kind goes to the fast worker again, so the choice follows the
 // backend when it speeds up.
 const (
-	inlineThreshold = 40 * time.Microsecond
-	probeEvery      = 64
+	fastThreshold = 40 * time.Microsecond
+	probeEvery    = 64
 )
 
 // latencies keeps a moving average of the backend's service time per
@@ -25,11 +25,11 @@ type latencies struct {
 	count [8]atomic.Uint32
 }
 
-func (l *latencies) inline(typ uint16) bool {
+func (l *latencies) fast(typ uint16) bool {
 	if typ == CmdFlush || typ == CmdCache || int(typ) >= len(l.avg) {
 		return false
 	}
-	if time.Duration(l.avg[typ].Load()) < inlineThreshold {
+	if time.Duration(l.avg[typ].Load()) < fastThreshold {
 		return true
 	}
 	return l.count[typ].Add(1)%probeEvery == 0

@@ -42,6 +42,19 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	}
 	sem := make(chan struct{}, depth)
 	var wg sync.WaitGroup
+	// Fast requests go, in order, to one worker: reading the next request
+	// overlaps serving this one, and the worker batches replies while more
+	// work is queued (it always sends the last one, which flushes the rest).
+	fast := make(chan job, depth)
+	var fwg sync.WaitGroup
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		for j := range fast {
+			t.serveTimed(&j.req, j.buf, len(fast) > 0)
+			<-sem
+		}
+	}()
 	var hdr [RequestSize]byte
 	var err error
 	for {
@@ -103,9 +116,8 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 			t.replyErr(&req, e, true)
 			continue
 		}
-		if req.Flags&CmdFlagFUA == 0 && t.lat.inline(req.Type) {
-			t.serveTimed(&req, buf, br.Buffered() >= RequestSize)
-			<-sem
+		if req.Flags&CmdFlagFUA == 0 && t.lat.fast(req.Type) {
+			fast <- job{req, buf}
 			continue
 		}
 		wg.Add(1)
@@ -115,6 +127,8 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 			<-sem
 		}(req, buf)
 	}
+	close(fast)
+	fwg.Wait()
 	wg.Wait()
 	t.w.flush()
 	werr := t.w.close()
@@ -471,4 +485,10 @@ func tuneSocket(nc net.Conn) {
 		b.SetWriteBuffer(socketBuffer)
 		b.SetReadBuffer(socketBuffer)
 	}
+}
+
+// job is a checked request (with a write's payload) for the fast worker.
+type job struct {
+	req Request
+	buf *[]byte
 }
