@@ -482,3 +482,39 @@ func TestDiskDetach(t *testing.T) {
 		t.Fatalf("StorePath is empty")
 	}
 }
+
+// TestDiskSyncBlockedByHold checks that a sync cannot start while another
+// consumer holds records back, and is set up at the next Open once the
+// hold is gone.
+func TestDiskSyncBlockedByHold(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	m := newModel()
+	c := &chain{}
+	fullSync(t, s, m, c)
+	r := c.write(0, fill(4096, 9))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	apply(m.img, r)
+	if err := s.log.SetHold("view", 0); err != nil {
+		t.Fatalf("SetHold: %v", err)
+	}
+	c.write(8192, []byte{1})
+	if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 12, Base: c.pos}); err == nil {
+		t.Fatalf("BeginSync with records held by another consumer succeeded")
+	}
+	if _, err := s.disk.State(ctx); !errors.Is(err, replica.ErrBroken) {
+		t.Fatalf("State after a failed BeginSync = %v, want ErrBroken", err)
+	}
+	checkImage(t, "replica after a failed BeginSync", s.contents(), m.img)
+	if err := s.log.RemoveHold("view"); err != nil {
+		t.Fatalf("RemoveHold: %v", err)
+	}
+	s.reopen(false)
+	st := mustState(t, s.disk)
+	if st.Sync == nil || st.Sync.ID != 12 || st.Head != c.pos || st.Consistent != c.pos.Seq-1 {
+		t.Fatalf("State after reopen = %+v, want sync 12 set up at head %+v, consistent %d", st, c.pos, c.pos.Seq-1)
+	}
+	checkImage(t, "replica after reopen", s.contents(), m.img)
+}

@@ -324,12 +324,39 @@ func TestReplicateEndToEnd(t *testing.T) {
 	}
 
 	// Acknowledged records are released once the tap has applied them.
-	if err := x.p.tap.Checkpoint(context.Background()); err != nil {
+	ctx := context.Background()
+	if err := x.p.tap.Checkpoint(ctx); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
 	if base, _ := x.p.log.Base(); base != x.p.log.Committed() {
 		t.Errorf("primary journal base = %d after everything was acknowledged and applied, want %d", base, x.p.log.Committed())
 	}
+
+	// Verify compares digests of the primary and the replica.
+	rep, err := x.sender.Verify(ctx, replication.VerifyOptions{RegionSize: 1 << 20})
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if len(rep.Differ) != 0 || rep.Regions == 0 || !rep.ChainChecked || rep.ChainError != "" {
+		t.Fatalf("Verify = %+v, want every region equal and the chain checked", rep)
+	}
+
+	// Unprotected, the journal keeps nothing back; protected again, the
+	// replica catches up by a resync (the records it lacks are gone).
+	x.stopSender()
+	if err := replica.Unprotect(ctx, x.p.tap, x.p.log); err != nil {
+		t.Fatalf("Unprotect: %v", err)
+	}
+	stop = x.write(5, 1)
+	stop()
+	if err := x.p.tap.Checkpoint(ctx); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	if base, _ := x.p.log.Base(); base != x.p.log.Committed() {
+		t.Errorf("unprotected journal base = %d after a checkpoint, want %d: nothing kept", base, x.p.log.Committed())
+	}
+	x.startSender()
+	x.converge(30 * time.Second)
 }
 
 func TestReplicateRestarts(t *testing.T) {

@@ -56,10 +56,14 @@ func (d *Disk) BeginSync(ctx context.Context, info replication.SyncInfo) error {
 	if err := d.persist(ctx, diskState{Initialized: d.st.Initialized, Applied: consistent, Sync: &s}); err != nil {
 		return fmt.Errorf("begin sync %s: %w", syncName(info.ID), err)
 	}
+	// From here a failure leaves a sync persisted but not set up: Open
+	// sets it up again.
 	if err := d.rebase(ctx); err != nil {
+		d.broken = err
 		return fmt.Errorf("begin sync %s: %w", syncName(info.ID), err)
 	}
 	if err := d.loadStaging(ctx); err != nil {
+		d.broken = err
 		return fmt.Errorf("begin sync %s: %w", syncName(info.ID), err)
 	}
 	return nil
