@@ -300,7 +300,10 @@ func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error 
 // still on their way to the journal, and outside a sync applies the
 // records the store lacks. d.mu held.
 func (d *Disk) catchUp(ctx context.Context) error {
-	for d.log.Committed() != d.log.Head() {
+	for i := 0; d.log.Committed() != d.log.Head(); i++ {
+		if i >= 10000 {
+			return fmt.Errorf("catch up with the journal: records after seq=%d never committed", d.log.Committed())
+		}
 		if err := sleep(context.WithoutCancel(ctx), time.Millisecond); err != nil {
 			return err
 		}

@@ -602,3 +602,48 @@ func covers(rs []replication.Region, off, n int64) bool {
 	}
 	return false
 }
+
+// TestSourceMarkerPastLimit fills the journal with header-only records so
+// that not even the sync marker fits: StartSync appends it past the limit.
+func TestSourceMarkerPastLimit(t *testing.T) {
+	ctx := context.Background()
+	jopts := journaltest.Options()
+	jopts.MaxBytes = 32 << 10
+	p := openPrimary(t, t.TempDir(), 1<<20, jopts, disk.TapOptions{CheckpointEvery: -1, RegionSize: 64 << 10})
+	if err := replica.Protect(ctx, p.log); err != nil {
+		t.Fatalf("Protect: %v", err)
+	}
+	src, err := replica.NewSource(p.tap, p.log, replica.SourceOptions{})
+	if err != nil {
+		t.Fatalf("NewSource: %v", err)
+	}
+	for i := 0; !p.tap.Overflowed(); i++ {
+		if i > 10000 {
+			t.Fatalf("the journal never overflowed")
+		}
+		if err := p.tap.Zero(int64(i%256)*4096, 4096, false); err != nil {
+			t.Fatalf("Zero: %v", err)
+		}
+	}
+	last := p.log.Committed()
+	plan, err := src.StartSync(ctx, false, 0)
+	if err != nil {
+		t.Fatalf("StartSync on a full journal: %v", err)
+	}
+	if plan.Base.Seq != last+1 {
+		t.Fatalf("plan base seq=%d, want the marker at %d", plan.Base.Seq, last+1)
+	}
+	if p.log.Bytes() <= jopts.MaxBytes {
+		t.Fatalf("journal holds %d bytes of at most %d: the marker did not need to pass the limit", p.log.Bytes(), jopts.MaxBytes)
+	}
+	var got journal.Record
+	if err := p.log.ReadFrom(ctx, plan.Base.Seq, func(r journal.Record) error { got = r; return nil }); err != nil {
+		t.Fatalf("ReadFrom: %v", err)
+	}
+	if got.Kind != journal.KindMarker || string(got.Data) != replica.SyncMarker {
+		t.Fatalf("record at the plan's base = kind %d %q, want the sync marker", got.Kind, got.Data)
+	}
+	if head, err := src.Head(ctx); err != nil || head != plan.Base {
+		t.Fatalf("Head = %+v, %v; want the plan's base %+v", head, err, plan.Base)
+	}
+}

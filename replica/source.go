@@ -85,6 +85,8 @@ type SourceOptions struct {
 // Source is a protected primary disk as replication.Source: records from
 // its journal, reads from its store through the tap, and dirty-region
 // tracking after journal overflow. It does not own the tap or the log.
+// While it exists it owns the tap's overflow state: nothing else may call
+// the tap's Resume or ClearDirty.
 type Source struct {
 	tap    *disk.Tap
 	log    *journal.Log
@@ -300,6 +302,9 @@ func (s *Source) appendMarker(ctx context.Context) error {
 		return fmt.Errorf("append sync marker: %w", err)
 	}
 	for attempt := 0; ; attempt++ {
+		if attempt >= 10000 {
+			return fmt.Errorf("append sync marker past the journal limit: the head kept moving")
+		}
 		if s.log.Committed() != s.log.Head() {
 			if err := sleep(ctx, time.Millisecond); err != nil {
 				return fmt.Errorf("append sync marker: %w", err)
@@ -316,7 +321,7 @@ func (s *Source) appendMarker(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, journal.ErrCorrupt) || attempt >= 100 {
+		if !errors.Is(err, journal.ErrCorrupt) {
 			return fmt.Errorf("append sync marker past the journal limit: %w", err)
 		}
 		// A record was appended meanwhile; try again on the new head.
