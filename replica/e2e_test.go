@@ -647,3 +647,29 @@ func TestSourceMarkerPastLimit(t *testing.T) {
 		t.Fatalf("Head = %+v, %v; want the plan's base %+v", head, err, plan.Base)
 	}
 }
+
+// TestReplicateOverflowRestarts restarts both sites while the journal
+// overflows and resyncs run: the dirty map outlives the primary's
+// restart, the lost plans are planned again, and the replica ends equal.
+func TestReplicateOverflowRestarts(t *testing.T) {
+	jopts := journaltest.Options()
+	jopts.MaxBytes = 1 << 20
+	cfg := fastConfig()
+	cfg.Bandwidth = 3 << 20
+	x := newPair(t, jopts, disk.TapOptions{CheckpointEvery: 10 * time.Millisecond, RegionSize: 64 << 10}, cfg)
+	x.prefill()
+	x.startSender()
+	x.waitFor("the initial sync to commit", 30*time.Second, func() bool { return x.sinkState().Initialized })
+	stop := x.write(6, 3)
+	for round := 0; round < 3; round++ {
+		x.waitFor("the journal to overflow", 10*time.Second, func() bool { return x.p.tap.Overflowed() })
+		x.waitFor("a resync", 10*time.Second, func() bool { return x.sinkState().Sync != nil })
+		if round%2 == 0 {
+			x.restartPrimary()
+		} else {
+			x.restartSecondary(true)
+		}
+	}
+	stop()
+	x.converge(60 * time.Second)
+}
