@@ -143,3 +143,22 @@ const (
 	ErrCodeUnknownDisk = errCodeUnknownDisk
 	ErrCodeVersion     = errCodeVersion
 )
+
+// FrameFlags encodes payloads as frames of typ on one compressing writer
+// and returns each frame's flags byte.
+func FrameFlags(payloads [][]byte, typ uint8) []byte {
+	fw, err := newFrameWriter(io.Discard, true)
+	if err != nil {
+		panic(err)
+	}
+	defer fw.close()
+	var flags []byte
+	for _, p := range payloads {
+		b, err := fw.encode(frameType(typ), p)
+		if err != nil {
+			panic(err)
+		}
+		flags = append(flags, b[3])
+	}
+	return flags
+}

@@ -185,7 +185,13 @@ type frameWriter struct {
 	w    io.Writer
 	out  []byte
 	zenc *zstd.Encoder // nil: never compress
+	// Incompressible data (encrypted or compressed disks) is not worth the
+	// CPU: after a frame that did not shrink by a twentieth, the next skip
+	// frames go raw, skip doubling (up to maxSkip) while data stays so.
+	skip, backoff int
 }
+
+const maxSkip = 64
 
 // newFrameWriter returns a writer that compresses payloads of compressible
 // frame types when compress is true.
@@ -224,12 +230,23 @@ func (fw *frameWriter) encode(typ frameType, payload []byte) ([]byte, error) {
 	var flags byte
 	body := payload
 	if fw.zenc != nil && len(payload) >= 512 && (typ == frameRecords || typ == frameRegion) {
-		out = fw.zenc.EncodeAll(payload, out)
-		if len(out)-frameHeaderSize < len(payload) {
-			flags = flagZstd
-			body = out[frameHeaderSize:]
+		if fw.skip > 0 {
+			fw.skip--
 		} else {
-			out = out[:frameHeaderSize]
+			out = fw.zenc.EncodeAll(payload, out)
+			n := len(out) - frameHeaderSize
+			if n < len(payload)-len(payload)/20 {
+				fw.backoff = 0
+			} else {
+				fw.backoff = min(max(2*fw.backoff, 1), maxSkip)
+				fw.skip = fw.backoff
+			}
+			if n < len(payload) {
+				flags = flagZstd
+				body = out[frameHeaderSize:]
+			} else {
+				out = out[:frameHeaderSize]
+			}
 		}
 	}
 	if flags == 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -98,4 +99,35 @@ func FuzzDecodePayload(f *testing.F) {
 		}
 		_, _ = replication.ParseFrames(replication.EncodeFrame(typ, payload, compress))
 	})
+}
+
+// TestIncompressibleSkipsCompression checks that random data soon goes
+// raw (no CPU spent on zstd) while compressible data is compressed.
+func TestIncompressibleSkipsCompression(t *testing.T) {
+	random := make([]byte, 64<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range random {
+		random[i] = byte(rng.Uint32())
+	}
+	text := bytes.Repeat([]byte("compressible "), 5000)
+	flags := replication.FrameFlags([][]byte{random, random, random}, replication.FrameRecords)
+	if flags[0] != 0 || flags[1] != 0 || flags[2] != 0 {
+		t.Errorf("random frames flags %v; want raw (0)", flags)
+	}
+	if got := replication.FrameFlags([][]byte{text}, replication.FrameRecords); got[0] == 0 {
+		t.Errorf("compressible frame sent raw; want zstd")
+	}
+	// After a run of random frames, compressible data is compressed again
+	// within a bounded number of frames.
+	payloads := [][]byte{}
+	for i := 0; i < 20; i++ {
+		payloads = append(payloads, random)
+	}
+	for i := 0; i < 70; i++ {
+		payloads = append(payloads, text)
+	}
+	flags = replication.FrameFlags(payloads, replication.FrameRecords)
+	if flags[len(flags)-1] == 0 {
+		t.Errorf("compressible frames after random ones still raw after 70 frames: %v", flags[20:])
+	}
 }
