@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -129,5 +130,27 @@ func TestIncompressibleSkipsCompression(t *testing.T) {
 	flags = replication.FrameFlags(payloads, replication.FrameRecords)
 	if flags[len(flags)-1] == 0 {
 		t.Errorf("compressible frames after random ones still raw after 70 frames: %v", flags[20:])
+	}
+}
+
+// TestLyingLengthCostsLittle: a header announcing the largest payload,
+// followed by a few bytes, must not make the reader allocate the payload.
+func TestLyingLengthCostsLittle(t *testing.T) {
+	good := replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(sealed(1, 100)), false)
+	lie := append([]byte(nil), good[:replication.FrameHeader]...)
+	binary.BigEndian.PutUint32(lie[4:], replication.MaxFramePayload)
+	binary.BigEndian.PutUint32(lie[8:], replication.MaxFramePayload)
+	lie = append(lie, make([]byte, 100)...)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := 0; i < 10; i++ {
+		if _, err := replication.ParseFrames(lie); err == nil {
+			t.Fatalf("a truncated frame parsed")
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / 10; per > 1<<20 {
+		t.Errorf("a lying 16 MiB header cost %d bytes of allocation; want under 1 MiB", per)
 	}
 }
