@@ -22,10 +22,11 @@
 // copy is complete and the records through the head at the copy's end are
 // durable.
 //
-// Concurrency: a Sender owns two goroutines per connection (a writer and an
-// acknowledgement reader) plus its retry loop, all started by Open and
-// stopped by Close; its Status, WaitAcked and Verify methods are safe to
-// call from any goroutine. The Server runs one goroutine per connection and
+// Concurrency: a Sender owns its connection loop (which runs the writer of
+// the current connection and starts an acknowledgement reader for it) and
+// a monitor that samples throughput and raises the RPO alert, all started
+// by Open and stopped by Close; its Status, WaitAcked and Verify methods
+// are safe to call from any goroutine. The Server runs one goroutine per connection and
 // lets one connection at a time drive a given replica disk: a new
 // connection for the same disk closes the old one and waits for it to end.
 // Source and Sink implementations must be safe for the calls described on
