@@ -34,10 +34,11 @@ type pair struct {
 	src    *replica.Source
 	sender *replication.Sender
 
-	addr   atomic.Value // string: the secondary's listener
-	sink   atomic.Pointer[replica.Disk]
-	srv    *replication.Server
-	served chan struct{}
+	addr      atomic.Value // string: the secondary's listener
+	sink      atomic.Pointer[replica.Disk]
+	srv       *replication.Server
+	served    chan struct{}
+	stopServe context.CancelFunc
 
 	// tapMu is held shared by writers and exclusively while the primary
 	// restarts.
@@ -80,9 +81,11 @@ func (x *pair) startServer() {
 	x.addr.Store(ln.Addr().String())
 	x.srv = srv
 	x.served = make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	x.stopServe = cancel
 	go func() {
 		defer close(x.served)
-		_ = srv.Serve(context.Background(), ln)
+		_ = srv.Serve(ctx, ln)
 	}()
 }
 
@@ -90,12 +93,15 @@ func (x *pair) stopServer() {
 	if x.srv == nil {
 		return
 	}
+	// Serve returns before Shutdown: Serve's accept loop adds to the
+	// server's WaitGroup without a lock, which races with Shutdown's Wait.
+	x.stopServe()
+	<-x.served
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := x.srv.Shutdown(ctx); err != nil {
 		x.t.Errorf("server shutdown: %v", err)
 	}
-	<-x.served
 	x.srv = nil
 }
 
