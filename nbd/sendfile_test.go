@@ -124,7 +124,10 @@ func TestSpliceWrites(t *testing.T) {
 	n := 0
 	for i := 0; i < 24; i++ {
 		l := 4096 + i
-		if i%2 == 0 {
+		switch {
+		case i%6 == 0:
+			l = 2<<20 + i*1000 // larger than a splice pipe: chunked
+		case i%2 == 0:
 			l = 300<<10 + i*1000
 		}
 		off := (i * 331777) % (size - l)
@@ -175,4 +178,36 @@ type flushFileBackend struct{ fileBackend }
 func (b *flushFileBackend) Flush(ctx context.Context) error {
 	b.flushes.Add(1)
 	return b.f.Sync()
+}
+
+// TestSpliceWriteFileError makes the file refuse writes (opened read-only
+// under a writable export): spliced writes fail with EIO, their payloads
+// are drained, and the stream stays in sync.
+func TestSpliceWriteFileError(t *testing.T) {
+	const size = 8 << 20
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() }) // after the server has shut down
+	be := &fileBackend{f: f, size: size}
+	srv := nbdtest.NewServer(t, &nbd.SingleExport{Name: "disk", Backend: be}, nbd.ServerOptions{})
+	r := dialRaw(t, srv.Socket)
+	r.greet(3)
+	r.goExport("disk")
+	for i, l := range []int{300 << 10, 3 << 20, 4096, 1 << 20} {
+		r.write(append(reqBytes(0, 1, uint64(i), 0, uint32(l)), bytes.Repeat([]byte{1}, l)...))
+		if cookie, e := r.simple(); cookie != uint64(i) || e != 5 {
+			t.Fatalf("write of %d bytes to an unwritable file: cookie %d error %d, want cookie %d EIO (5)", l, cookie, e, i)
+		}
+	}
+	r.write(reqBytes(0, 0, 9, 0, 4096))
+	if cookie, e := r.simple(); cookie != 9 || e != 0 {
+		t.Fatalf("read after failed writes: cookie %d error %d", cookie, e)
+	}
+	r.read(make([]byte, 4096))
 }

@@ -1,11 +1,11 @@
 package nbd
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -16,85 +16,96 @@ import (
 // the extra system calls.
 const spliceMin = 128 << 10
 
-// splicer moves write payloads from a plaintext socket into a file through
-// a pipe, without copying them through user space. It belongs to the
-// reading goroutine of one connection.
-type splicer struct {
-	rc      syscall.RawConn // the socket
-	pr, pw  int             // the pipe; -1 until first used
-	pipeCap int
-	scratch []byte
-}
-
-func newSplicer(rc syscall.RawConn) *splicer {
-	return &splicer{rc: rc, pr: -1, pw: -1}
-}
-
-func (s *splicer) close() {
-	if s.pr >= 0 {
-		unix.Close(s.pr)
-		unix.Close(s.pw)
-		s.pr, s.pw = -1, -1
-	}
-}
-
-func (s *splicer) pipe() error {
-	if s.pr >= 0 {
-		return nil
-	}
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
-		return err
-	}
-	s.pr, s.pw = p[0], p[1]
-	s.pipeCap = 64 << 10
-	if n, err := unix.FcntlInt(uintptr(s.pw), unix.F_SETPIPE_SZ, 1<<20); err == nil && n > 0 {
-		s.pipeCap = n
-	}
-	return nil
-}
-
 // errStreamTorn marks a failure after which the request stream cannot be
 // resynchronised: the connection must end.
 var errStreamTorn = errors.New("nbd: request stream torn")
 
-// write moves n payload bytes of a write request into f at off: first what
-// br has already buffered, then the rest straight from the socket. A
-// failure of the file is returned as fileErr after the remaining payload has
-// been drained, so the connection stays in sync; any other error tears the
-// stream.
-func (s *splicer) write(br *bufio.Reader, f *os.File, off int64, n int) (fileErr, err error) {
-	if k := min(br.Buffered(), n); k > 0 {
-		p, _ := br.Peek(k)
-		if _, e := f.WriteAt(p, off); e != nil && fileErr == nil {
-			fileErr = e
-		}
-		br.Discard(k)
-		off += int64(k)
-		n -= k
+// pipe is a kernel pipe that carries one write's payload from the socket
+// to the file.
+type pipe struct {
+	r, w int
+	cap  int
+}
+
+func (p *pipe) close() {
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// splicer moves write payloads from a plaintext socket into a file through
+// pipes, without copying them through user space: the reading goroutine
+// fills a pipe from the socket (moving pages, not bytes) and a worker
+// drains it into the file, so the next request is read while this one is
+// written. It keeps a pool of pipes, one per write in flight.
+type splicer struct {
+	rc syscall.RawConn // the socket
+
+	mu   sync.Mutex
+	free []*pipe
+	all  map[*pipe]struct{}
+}
+
+func newSplicer(rc syscall.RawConn) *splicer {
+	return &splicer{rc: rc, all: make(map[*pipe]struct{})}
+}
+
+// close closes every pipe. No pipe may be in use.
+func (s *splicer) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for p := range s.all {
+		p.close()
 	}
-	if n == 0 {
-		return fileErr, nil
+	s.all, s.free = nil, nil
+}
+
+// get returns an empty pipe from the pool or a new one.
+func (s *splicer) get() (*pipe, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.free); n > 0 {
+		p := s.free[n-1]
+		s.free = s.free[:n-1]
+		return p, nil
 	}
-	if fileErr != nil {
-		_, err = io.CopyN(io.Discard, br, int64(n))
-		return fileErr, err
-	}
-	if err := s.pipe(); err != nil {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
 		return nil, fmt.Errorf("splice pipe: %w", err)
 	}
-	dst := int(f.Fd())
+	p := &pipe{r: fds[0], w: fds[1], cap: 64 << 10}
+	// 1 MiB holds a typical large write whole; larger ones go through
+	// the pipe in chunks.
+	if n, err := unix.FcntlInt(uintptr(p.w), unix.F_SETPIPE_SZ, 1<<20); err == nil && n > 0 {
+		p.cap = n
+	}
+	s.all[p] = struct{}{}
+	return p, nil
+}
+
+// put returns an empty pipe to the pool; a broken one (not known to be
+// empty) is closed instead.
+func (s *splicer) put(p *pipe, broken bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if broken {
+		delete(s.all, p)
+		p.close()
+		return
+	}
+	s.free = append(s.free, p)
+}
+
+// fill moves exactly n bytes (n <= p.cap) from the socket into p, waiting
+// for them to arrive. Any failure tears the request stream.
+func (s *splicer) fill(p *pipe, n int) error {
 	for n > 0 {
-		// Socket into the pipe, as much as is there (waiting for some).
 		var got int
 		var serr error
 		err := s.rc.Read(func(fd uintptr) bool {
-			k, e := unix.Splice(int(fd), nil, s.pw, nil, min(n, s.pipeCap), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			k, e := unix.Splice(int(fd), nil, p.w, nil, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			switch {
-			case e == unix.EAGAIN:
-				return false
-			case e == unix.EINTR:
-				return false
+			case e == unix.EAGAIN || e == unix.EINTR:
+				return false // wait until the socket is readable
 			case e != nil:
 				serr = e
 			case k == 0:
@@ -107,35 +118,46 @@ func (s *splicer) write(br *bufio.Reader, f *os.File, off int64, n int) (fileErr
 			err = serr
 		}
 		if err != nil {
-			return nil, fmt.Errorf("splice from socket: %w: %w", errStreamTorn, err)
+			return fmt.Errorf("splice from socket: %w: %w", errStreamTorn, err)
 		}
 		n -= got
-		// The pipe into the file.
-		for got > 0 {
-			if fileErr == nil {
-				k, e := unix.Splice(s.pr, nil, dst, &off, got, unix.SPLICE_F_MOVE)
-				if e == unix.EINTR {
-					continue
-				}
-				if e == nil && k == 0 {
-					e = io.ErrShortWrite
-				}
-				if e == nil {
-					got -= int(k)
-					continue
-				}
-				fileErr = e
-			}
-			// The file failed: empty the pipe so the stream stays in sync.
-			if s.scratch == nil {
-				s.scratch = make([]byte, 64<<10)
-			}
-			k, e := unix.Read(s.pr, s.scratch[:min(got, len(s.scratch))])
-			if e != nil || k <= 0 {
-				return fileErr, fmt.Errorf("drain splice pipe: %w", errStreamTorn)
-			}
-			got -= k
-		}
 	}
-	return fileErr, nil
+	return nil
+}
+
+// drain moves n bytes from p into f at off. After a file error (or with
+// failed already set) the rest is read and thrown away, so the pipe can be
+// reused; broken reports a pipe that could not be emptied.
+func (p *pipe) drain(f *os.File, off int64, n int, failed error) (fileErr error, broken bool) {
+	fileErr = failed
+	dst := int(f.Fd())
+	var scratch []byte
+	for n > 0 {
+		if fileErr == nil {
+			k, e := unix.Splice(p.r, nil, dst, &off, n, unix.SPLICE_F_MOVE)
+			if e == unix.EINTR {
+				continue
+			}
+			if e == nil && k == 0 {
+				e = io.ErrShortWrite
+			}
+			if e == nil {
+				n -= int(k)
+				continue
+			}
+			fileErr = e
+		}
+		if scratch == nil {
+			scratch = make([]byte, min(n, 64<<10))
+		}
+		k, e := unix.Read(p.r, scratch[:min(n, len(scratch))])
+		if e == unix.EINTR {
+			continue
+		}
+		if e != nil || k <= 0 {
+			return fileErr, true
+		}
+		n -= k
+	}
+	return fileErr, false
 }

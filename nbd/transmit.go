@@ -38,7 +38,6 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	var sp *splicer
 	if t.files != nil {
 		sp = newSplicer(t.w.rc)
-		defer sp.close()
 	}
 	sem := make(chan struct{}, depth)
 	var wg sync.WaitGroup
@@ -78,8 +77,7 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 		// MaxInFlight payloads are held per connection.
 		sem <- struct{}{}
 		if sp != nil && req.Type == CmdWrite && req.Length >= spliceMin && req.Length <= MaxPayload {
-			if done, e := t.spliceWrite(sp, br, &req); done || e != nil {
-				<-sem
+			if done, e := t.spliceWrite(sp, br, &req, &wg, sem); done || e != nil {
 				if e != nil {
 					err = e
 					break
@@ -130,6 +128,9 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	close(fast)
 	fwg.Wait()
 	wg.Wait()
+	if sp != nil {
+		sp.close()
+	}
 	t.w.flush()
 	werr := t.w.close()
 	if err == nil {
@@ -141,11 +142,14 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 	return nil
 }
 
-// spliceWrite serves a large write to a file-backed export by splicing
-// its payload from the socket into the file, on the reading goroutine. It
-// reports false when the request must take the ordinary path (its payload
-// is then still unread), and an error when the stream is torn.
-func (t *transmitter) spliceWrite(sp *splicer, br *bufio.Reader, req *Request) (bool, error) {
+// spliceWrite serves a large write to a file-backed export by splicing its
+// payload from the socket into the file. The reading goroutine moves the
+// payload into a pipe; a goroutine of its own writes the pipe into the file
+// and replies. It reports false when the request must take the ordinary
+// path (its payload is then still unread) and an error when the stream is
+// torn. When it reports true it has released the request's slot in sem (or
+// its goroutine will).
+func (t *transmitter) spliceWrite(sp *splicer, br *bufio.Reader, req *Request, wg *sync.WaitGroup, sem chan struct{}) (bool, error) {
 	if t.check(req) != 0 {
 		return false, nil
 	}
@@ -153,21 +157,95 @@ func (t *transmitter) spliceWrite(sp *splicer, br *bufio.Reader, req *Request) (
 	if !ok {
 		return false, nil
 	}
-	start := time.Now()
-	fileErr, err := sp.write(br, f, foff, int(req.Length))
+	p, err := sp.get()
 	if err != nil {
-		return true, err
+		return false, nil
 	}
+	n := int(req.Length)
+	// What the reader has already buffered is copied; the rest is spliced.
+	var prefix *[]byte
+	if k := min(br.Buffered(), n); k > 0 {
+		prefix = getBuf(k)
+		b, _ := br.Peek(k)
+		copy(*prefix, b)
+		br.Discard(k)
+		n -= k
+	}
+	finish := func(chunk int) {
+		start := time.Now()
+		var fileErr error
+		off := foff
+		if prefix != nil {
+			_, fileErr = f.WriteAt(*prefix, off)
+			off += int64(len(*prefix))
+			putBuf(prefix)
+		}
+		var broken bool
+		if chunk > 0 {
+			fileErr, broken = p.drain(f, off, chunk, fileErr)
+		}
+		sp.put(p, broken)
+		if fileErr == nil && req.Flags&CmdFlagFUA != 0 {
+			fileErr = t.be.(Flusher).Flush(t.ctx)
+		}
+		t.lat.observe(CmdWrite, time.Since(start))
+		if fileErr != nil {
+			t.replyErr(req, errnoOf(fileErr), false)
+		} else {
+			t.replyOK(req, false)
+		}
+	}
+	if n <= p.cap {
+		if err := sp.fill(p, n); err != nil {
+			putBuf(prefix)
+			sp.put(p, true)
+			<-sem
+			return true, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			finish(n)
+			<-sem
+		}()
+		return true, nil
+	}
+	// A payload larger than the pipe: chunk by chunk, on this goroutine.
+	var fileErr error
+	off := foff
+	if prefix != nil {
+		_, fileErr = f.WriteAt(*prefix, off)
+		off += int64(len(*prefix))
+		putBuf(prefix)
+		prefix = nil
+	}
+	for n > 0 {
+		chunk := min(n, p.cap)
+		if err := sp.fill(p, chunk); err != nil {
+			sp.put(p, true)
+			<-sem
+			return true, err
+		}
+		var broken bool
+		fileErr, broken = p.drain(f, off, chunk, fileErr)
+		if broken {
+			sp.put(p, true)
+			<-sem
+			return true, fmt.Errorf("splice write: %w", errStreamTorn)
+		}
+		off += int64(chunk)
+		n -= chunk
+	}
+	sp.put(p, false)
 	if fileErr == nil && req.Flags&CmdFlagFUA != 0 {
 		fileErr = t.be.(Flusher).Flush(t.ctx)
 	}
-	t.lat.observe(CmdWrite, time.Since(start))
-	lazy := br.Buffered() >= RequestSize
 	if fileErr != nil {
-		t.replyErr(req, errnoOf(fileErr), lazy)
+		t.replyErr(req, errnoOf(fileErr), false)
 	} else {
-		t.replyOK(req, lazy)
+		t.replyOK(req, false)
 	}
+	<-sem
 	return true, nil
 }
 
