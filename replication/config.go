@@ -63,6 +63,8 @@ type SenderConfig struct {
 	// Compress is CompressZstd (default) or CompressNone.
 	Compress string
 	// Bandwidth limits bytes on the wire per second; 0 is unlimited.
+	// Under a limit, batches and sync regions shrink to about an eighth
+	// of a second's worth.
 	Bandwidth int64
 	// MaxBatchBytes and MaxBatchRecords bound one records frame; a batch
 	// is sent as soon as records are available, so batches grow only
@@ -128,6 +130,13 @@ func (c *SenderConfig) Validate() error {
 	}
 	if c.RegionSize > maxBatchBytes {
 		c.RegionSize = maxBatchBytes
+	}
+	if c.Bandwidth > 0 {
+		// Under a limit, frames of about an eighth of a second's worth
+		// keep the flow (and the acknowledgements) smooth.
+		unit := int(max(c.Bandwidth/8, 64<<10))
+		c.MaxBatchBytes = min(c.MaxBatchBytes, unit)
+		c.RegionSize = min(c.RegionSize, unit)
 	}
 	c.RegionSize = (c.RegionSize + zeroBlock - 1) / zeroBlock * zeroBlock
 	setDefault(&c.SyncTimeout, DefaultSyncTimeout)

@@ -6,8 +6,9 @@ import (
 )
 
 // limiter is a token bucket over bytes: wait blocks until n bytes may be
-// sent at rate bytes per second, allowing bursts of up to burst bytes. A
-// nil limiter never waits. It is used by one goroutine at a time.
+// sent at rate bytes per second, allowing bursts of up to burst bytes
+// after an idle spell. A nil limiter never waits. It is used by one
+// goroutine at a time.
 type limiter struct {
 	rate   float64 // bytes per second
 	burst  float64
@@ -26,20 +27,17 @@ func newLimiter(rate int64) *limiter {
 	return &limiter{rate: float64(rate), burst: burst, tokens: burst, last: time.Now()}
 }
 
-// wait takes n tokens, sleeping until the bucket holds them; a frame larger
-// than the burst drives the bucket negative and the next wait pays for it.
+// wait takes n tokens, sleeping first until the bucket holds them, so a
+// frame leaves only once the rate allows all of it.
 func (l *limiter) wait(ctx context.Context, n int) error {
 	if l == nil {
 		return nil
 	}
 	now := time.Now()
-	l.tokens += now.Sub(l.last).Seconds() * l.rate
-	if l.tokens > l.burst {
-		l.tokens = l.burst
-	}
+	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
 	l.last = now
-	if l.tokens < 0 {
-		d := time.Duration(-l.tokens / l.rate * float64(time.Second))
+	if need := float64(n) - l.tokens; need > 0 {
+		d := time.Duration(need / l.rate * float64(time.Second))
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
@@ -47,7 +45,7 @@ func (l *limiter) wait(ctx context.Context, n int) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		l.tokens += d.Seconds() * l.rate
+		l.tokens = float64(n)
 		l.last = time.Now()
 	}
 	l.tokens -= float64(n)

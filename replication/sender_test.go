@@ -418,3 +418,32 @@ func TestBatchDelayBatches(t *testing.T) {
 		t.Errorf("wire bytes with BatchDelay %d, without %d; want fewer with it (fewer frames)", frames[50*time.Millisecond], frames[0])
 	}
 }
+
+// TestBandwidthLimit ships 6 MiB under a 4 MiB/s limit: it takes about a
+// second and a half, not the milliseconds loopback allows.
+func TestBandwidthLimit(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+		c.Bandwidth = 4 << 20
+		c.Compress = replication.CompressNone
+	})
+	src.Write(0, []byte("boot"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+	p := make([]byte, 1<<20)
+	for i := range p {
+		p[i] = byte(i % 251)
+	}
+	start := time.Now()
+	for i := 0; i < 6; i++ {
+		src.Write(int64(i)<<20, p)
+	}
+	waitSynced(t, s, src, sink, 20*time.Second)
+	// The bucket starts full (a tenth of a second's worth, at least 256
+	// KiB), so 6 MiB take at least (6 MiB - 0.4 MiB) / 4 MiB/s.
+	if took := time.Since(start); took < 1300*time.Millisecond || took > 8*time.Second {
+		t.Errorf("shipping 6 MiB at 4 MiB/s took %v; want about 1.5s", took)
+	}
+}
