@@ -128,6 +128,7 @@ func (s *Sender) Open() error {
 	}
 	s.st.open = true
 	s.st.caughtUp = time.Now()
+	s.st.samples = []rateSample{{at: s.st.caughtUp}}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(2)

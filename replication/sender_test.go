@@ -447,3 +447,45 @@ func TestBandwidthLimit(t *testing.T) {
 		t.Errorf("shipping 6 MiB at 4 MiB/s took %v; want about 1.5s", took)
 	}
 }
+
+// TestStatusLagAndRPOAlert: with the secondary away, the lag grows with
+// the age of the oldest unacknowledged record, counts what is pending,
+// and raises the RPO alert past its limit; once the secondary is back it
+// falls to zero and the alert clears.
+func TestStatusLagAndRPOAlert(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, logs := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.RPOAlert = 300 * time.Millisecond })
+	src.Write(0, []byte("boot"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+	ctx := context.Background()
+	if st := s.Status(ctx); st.LagSeconds != 0 || st.LagRecords != 0 || st.RPOAlert || st.Throughput <= 0 {
+		t.Errorf("in sync: lag %vs %d records, alert %v, throughput %v; want no lag, no alert, some throughput",
+			st.LagSeconds, st.LagRecords, st.RPOAlert, st.Throughput)
+	}
+
+	d.failing.Store(true)
+	proxyCut(t, sec, d)
+	for i := 0; i < 10; i++ {
+		src.Write(int64(i)*4096, make([]byte, 4096))
+	}
+	time.Sleep(1200 * time.Millisecond)
+	st := s.Status(ctx)
+	if st.LagSeconds < 1 || st.LagSeconds > 10 || st.LagRecords != 10 || st.LagBytes != 10*4096 || !st.RPOAlert || st.Connected {
+		t.Errorf("secondary away 1.2s: %+v; want lag over 1s, 10 records, 40960 bytes, alert, not connected", st)
+	}
+	waitLog(t, logs, "RPO alert: lag over limit")
+
+	d.failing.Store(false)
+	waitSynced(t, s, src, sink, 10*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Status(ctx).RPOAlert && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := s.Status(ctx); st.RPOAlert || st.LagSeconds != 0 || st.LagBytes != 0 {
+		t.Errorf("caught up: %+v; want the alert cleared and no lag", st)
+	}
+	waitLog(t, logs, "RPO alert cleared")
+}
