@@ -489,3 +489,20 @@ func TestStatusLagAndRPOAlert(t *testing.T) {
 	}
 	waitLog(t, logs, "RPO alert cleared")
 }
+
+// TestInitialSyncSkipsZeroes: the initial sync sends only the non-zero
+// blocks of the allocated regions.
+func TestInitialSyncSkipsZeroes(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	src.Write(4096, []byte("data"))                // one 64 KiB block with data
+	src.Write(8<<20, make([]byte, 1<<20))          // allocated, all zero
+	src.Write(12<<20, bytes.Repeat([]byte{1}, 10)) // another block with data
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Compress = replication.CompressNone })
+	waitSynced(t, s, src, sink, 10*time.Second)
+	if got := s.Status(context.Background()).RawBytes; got != 2*replicationtest.BlockSize {
+		t.Errorf("initial sync sent %d bytes of data; want %d (two non-zero blocks)", got, 2*replicationtest.BlockSize)
+	}
+}
