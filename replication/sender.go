@@ -45,6 +45,7 @@ type Sender struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	lim    *limiter // used by the writer of the current connection only
 
 	mu       sync.Mutex
 	st       senderState
@@ -111,6 +112,7 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 		cfg:      cfg,
 		src:      cfg.Source,
 		compress: cfg.Compress == CompressZstd,
+		lim:      newLimiter(cfg.Bandwidth),
 		ackCh:    make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		verifies: make(map[uint64]*verifyCall),

@@ -39,7 +39,7 @@ type streamer struct {
 // writeLoop decides between resuming a sync, starting one and streaming,
 // then streams records until the connection fails.
 func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, st SinkState) error {
-	w := &streamer{s: s, conn: conn, fw: fw, lim: newLimiter(s.cfg.Bandwidth)}
+	w := &streamer{s: s, conn: conn, fw: fw, lim: s.lim}
 	s.mu.Lock()
 	job := s.st.sync
 	s.mu.Unlock()

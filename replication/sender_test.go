@@ -506,3 +506,39 @@ func TestInitialSyncSkipsZeroes(t *testing.T) {
 		t.Errorf("initial sync sent %d bytes of data; want %d (two non-zero blocks)", got, 2*replicationtest.BlockSize)
 	}
 }
+
+// TestSyncResumesAfterCut cuts the link during an initial sync: the sync
+// resumes where the secondary's durable copy ended instead of starting
+// again.
+func TestSyncResumesAfterCut(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	p := make([]byte, 1<<20)
+	for i := range p {
+		p[i] = byte(i%253) + 1
+	}
+	for off := int64(0); off < diskSize; off += 1 << 20 {
+		src.Write(off, p)
+	}
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	proxy := replicationtest.NewProxy(t, sec.addr())
+	d := newDialer(proxy.Addr())
+	s, logs := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+		c.Bandwidth = 16 << 20
+		c.Compress = replication.CompressNone
+	})
+	for i := 0; i < 3; i++ {
+		time.Sleep(200 * time.Millisecond)
+		proxy.Cut()
+	}
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if !strings.Contains(logs.String(), "resuming sync") {
+		t.Errorf("no sync resumed; sender log:\n%s", logs.String())
+	}
+	if got := s.Status(context.Background()).RawBytes; got > diskSize+diskSize/2 {
+		t.Errorf("sent %d bytes for a %d-byte disk across 3 cuts; want well under twice (resumed, not restarted)", got, diskSize)
+	}
+	if got := sink.Commits(); got != 1 {
+		t.Errorf("sink committed %d syncs; want 1", got)
+	}
+}
