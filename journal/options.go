@@ -14,7 +14,7 @@ const (
 	// value log (see DefaultValueThreshold), so memtables hold only keys
 	// and value pointers and a small one suffices (badger's 6.7 MiB floor
 	// applies only to its default 1 MB value threshold).
-	DefaultMemTableSize = 4 << 20
+	DefaultMemTableSize = 2 << 20
 	// DefaultNumMemtables is how many memtables badger keeps before it
 	// stalls writes.
 	DefaultNumMemtables = 4
@@ -36,7 +36,7 @@ const (
 	// before it compacts them.
 	DefaultNumLevelZeroTables = 2
 	// DefaultGCInterval is how often the value-log GC loop runs.
-	DefaultGCInterval = 200 * time.Millisecond
+	DefaultGCInterval = 50 * time.Millisecond
 	// DefaultReclaimBytes of released records make the GC loop flush
 	// badger's memtable and collect the value log at once.
 	DefaultReclaimBytes = 16 << 20

@@ -67,6 +67,7 @@ type Store struct {
 	ssig      chan struct{}
 
 	released  atomic.Int64 // record bytes released since the last reclaim
+	memFill   atomic.Int64 // estimated memtable bytes written since the last padding
 	reclaimCh chan struct{}
 	padSeq    uint64 // owned by the GC loop
 
@@ -488,9 +489,12 @@ func (s *Store) commitBatch(batch []*entry) {
 			s.log.Error("journal commit failed", logKeyErr, err, logKeyCount, len(chunk))
 			continue
 		}
+		var fill int64
 		for _, e := range chunk {
+			fill += s.memtableCost(len(e.key), len(e.val))
 			e.l.committed(e)
 		}
+		s.memFill.Add(fill)
 	}
 }
 
@@ -592,9 +596,15 @@ func (s *Store) noteReleased(n int64) {
 // of records to fill, leaving released records' value-log files on disk.
 // Costs about MemTableSize of LSM writes per ReclaimBytes released.
 func (s *Store) flushMemtable() error {
+	// Records written since the last padding filled part of the memtable
+	// (all of it, when it flushed by itself): pad only the rest.
+	filled := s.memFill.Swap(0)
+	if filled >= s.opts.MemTableSize {
+		return nil
+	}
 	pad := min(s.opts.ValueThreshold-1, 1000)
 	val := make([]byte, pad)
-	n := int(s.opts.MemTableSize/pad) + 64
+	n := int((s.opts.MemTableSize-filled)/s.memtableCost(9, int(pad))) + 64
 	keys := make([][]byte, 0, n)
 	for i := 0; i < n; i++ {
 		s.padSeq++
@@ -619,6 +629,17 @@ func (s *Store) flushMemtable() error {
 		rest = rest[k:]
 	}
 	return s.deleteKeys(keys)
+}
+
+// memtableCost estimates the memtable bytes an entry takes: its key with
+// badger's timestamp, the value (or a value pointer when it goes to the
+// value log) and a skiplist node.
+func (s *Store) memtableCost(key, val int) int64 {
+	const node, vptr, ts = 100, 12, 8
+	if int64(val) >= s.opts.ValueThreshold {
+		val = vptr
+	}
+	return int64(key + ts + val + node)
 }
 
 // RunGC runs value-log GC until no file is worth rewriting. The GC loop
