@@ -1,10 +1,17 @@
 package main
 
 import (
+	"os"
+	"runtime/debug"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/tandem-dr/tandem/appliance"
 )
+
+// defaultMemoryLimit is the Go heap's soft limit in the daemon: well
+// inside the appliance's 256 MiB budget, leaving room for mapped files.
+const defaultMemoryLimit = 128 << 20
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
@@ -35,6 +42,11 @@ func serveCommand() *cli.Command {
 					return usagef("--journal-max: %v", err)
 				}
 				opts.JournalMaxBytes = n
+			}
+			// The appliance's memory budget: the collector works harder
+			// rather than let the heap grow past it (GOMEMLIMIT overrides).
+			if os.Getenv("GOMEMLIMIT") == "" {
+				debug.SetMemoryLimit(defaultMemoryLimit)
 			}
 			logger := newLogger(c.Bool("debug"))
 			d, err := appliance.Open(c.Context, dataDir(c), opts, logger)
