@@ -56,7 +56,10 @@
 // the journal unapplied; CommitSync persists an intent, copies the staged
 // regions into the store (or, for a full sync, renames the staging file
 // over it), applies the records, fdatasyncs and clears the intent. Open
-// redoes an interrupted commit; every step is idempotent.
+// redoes an interrupted commit; every step is idempotent. A sync cannot
+// continue the journal's chain (its Base follows records the replica never
+// got), so BeginSync releases the kept records and rebases the journal on
+// the Base: the retention window restarts at each sync.
 //
 // # Concurrency
 //
