@@ -185,8 +185,9 @@ type frameWriter struct {
 	w    io.Writer
 	out  []byte
 	zenc *zstd.Encoder // nil: never compress
-	// Incompressible data (encrypted or compressed disks) is not worth the
-	// CPU: after a frame that did not shrink by a twentieth, the next skip
+	// Compression must pay for its CPU: zstd costs a few milliseconds per
+	// MiB of poorly compressible data, a TLS link a tenth of that per MiB
+	// saved. After a frame that did not shrink by a quarter, the next skip
 	// frames go raw, skip doubling (up to maxSkip) while data stays so.
 	skip, backoff int
 }
@@ -235,7 +236,7 @@ func (fw *frameWriter) encode(typ frameType, payload []byte) ([]byte, error) {
 		} else {
 			out = fw.zenc.EncodeAll(payload, out)
 			n := len(out) - frameHeaderSize
-			if n < len(payload)-len(payload)/20 {
+			if n <= len(payload)-len(payload)/4 {
 				fw.backoff = 0
 			} else {
 				fw.backoff = min(max(2*fw.backoff, 1), maxSkip)
