@@ -39,7 +39,7 @@ func benchNBD(ctx context.Context, env *benchEnv) error {
 		}
 	}
 	size := int64(1 << 30)
-	runtime := 6 * time.Second
+	runtime := 4 * time.Second
 	if env.Short {
 		size, runtime = 256<<20, 3*time.Second
 	}
@@ -88,13 +88,14 @@ func benchNBD(ctx context.Context, env *benchEnv) error {
 		}
 		socks[srv.name] = sock
 	}
-	rounds := 2
+	rounds := 3
 	if env.Short {
 		rounds = 1
 	}
 	for _, l := range lines {
 		for r := 0; r < rounds; r++ {
-			for _, srv := range servers {
+			for k := range servers {
+				srv := servers[(k+r)%len(servers)] // rotate who runs first
 				mbs, iops, err := runFio(ctx, env.WorkDir, socks[srv.name], l, size, runtime)
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", srv.name, l.name, err)
