@@ -113,7 +113,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("accept replication connection: %w", err)
 		}
 		delay = 0
+		// Add under the lock, after checking closed, so that Shutdown's
+		// Wait never races a new connection's Add.
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			conn.Close()
+			return ErrServerClosed
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			site := ""
