@@ -53,7 +53,19 @@ type Policy struct {
 	// Bandwidth limits bytes per second on the wire; 0 is unlimited.
 	Bandwidth int64  `json:"bandwidth,omitempty"`
 	Group     string `json:"group,omitempty"`
+	// PeerAway is what sync mode does when the secondary does not
+	// acknowledge within SyncTimeout: "async" (fall back, with an alert;
+	// the default) or "hold" (fail the wait, holding writes each time for
+	// at most SyncTimeout).
+	PeerAway    string   `json:"peer_away,omitempty"`
+	SyncTimeout Duration `json:"sync_timeout,omitempty"`
 }
+
+// Peer-away policies of sync mode.
+const (
+	PeerAwayAsync = "async"
+	PeerAwayHold  = "hold"
+)
 
 // withDefaults fills in zero fields.
 func (p Policy) withDefaults() Policy {
@@ -72,6 +84,9 @@ func (p Policy) withDefaults() Policy {
 	if p.Compress == "" {
 		p.Compress = CompressZstd
 	}
+	if p.PeerAway == "" {
+		p.PeerAway = PeerAwayAsync
+	}
 	return p
 }
 
@@ -87,7 +102,12 @@ func (p Policy) Validate() error {
 	default:
 		return fmt.Errorf("%w: --compress %q: want zstd or none", ErrBadRequest, p.Compress)
 	}
-	if p.Retention < 0 || p.CheckpointEvery < 0 || p.RPOAlert < 0 || p.Bandwidth < 0 {
+	switch p.PeerAway {
+	case "", PeerAwayAsync, PeerAwayHold:
+	default:
+		return fmt.Errorf("%w: --peer-away %q: want async or hold", ErrBadRequest, p.PeerAway)
+	}
+	if p.SyncTimeout < 0 || p.Retention < 0 || p.CheckpointEvery < 0 || p.RPOAlert < 0 || p.Bandwidth < 0 {
 		return fmt.Errorf("%w: durations and bandwidth must not be negative", ErrBadRequest)
 	}
 	if p.Group != "" && !diskNameRE.MatchString(p.Group) {

@@ -105,16 +105,22 @@ func (d *Daemon) startSender(ctx context.Context, od *openDisk) error {
 	}
 	p := od.meta.Policy.withDefaults()
 	peer := od.meta.Peer
+	away := replication.FallbackAsync
+	if p.PeerAway == PeerAwayHold {
+		away = replication.HoldWrites
+	}
 	s, err := replication.NewSender(replication.SenderConfig{
 		Disk: od.meta.Name,
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return d.id.DialPeer(ctx, peer, "")
 		},
-		Source:    src,
-		Logger:    log,
-		Compress:  p.Compress,
-		Bandwidth: p.Bandwidth,
-		RPOAlert:  time.Duration(p.RPOAlert),
+		Source:      src,
+		Logger:      log,
+		Compress:    p.Compress,
+		Bandwidth:   p.Bandwidth,
+		RPOAlert:    time.Duration(p.RPOAlert),
+		PeerAway:    away,
+		SyncTimeout: time.Duration(p.SyncTimeout),
 	})
 	if err != nil {
 		return fmt.Errorf("replication of %s: %w", od.meta.Name, err)

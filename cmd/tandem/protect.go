@@ -27,6 +27,8 @@ func protectCommand() *cli.Command {
 			&cli.StringFlag{Name: "compress", Usage: "zstd or none", Value: "zstd"},
 			&cli.StringFlag{Name: "bandwidth", Usage: "limit on the wire, e.g. 50M (bytes per second); default unlimited"},
 			&cli.StringFlag{Name: "group", Usage: "consistency group"},
+			&cli.StringFlag{Name: "peer-away", Usage: "sync mode when the secondary is away: async (fall back, with an alert) or hold (hold writes up to --sync-timeout)", Value: "async"},
+			&cli.DurationFlag{Name: "sync-timeout", Usage: "sync mode: how long a write waits for the secondary", Value: 5 * time.Second},
 		},
 		Action: func(c *cli.Context) error {
 			if err := needArgs(c, 1, "NAME"); err != nil {
@@ -39,6 +41,8 @@ func protectCommand() *cli.Command {
 				RPOAlert:        appliance.Duration(c.Duration("rpo-alert")),
 				Compress:        c.String("compress"),
 				Group:           c.String("group"),
+				PeerAway:        c.String("peer-away"),
+				SyncTimeout:     appliance.Duration(c.Duration("sync-timeout")),
 			}
 			if s := c.String("bandwidth"); s != "" {
 				n, err := parseRate(s)
