@@ -362,3 +362,37 @@ func TestReplicationRefusals(t *testing.T) {
 	pri.mustTandem("protect", "vol1", "--peer", "beta")
 	waitCaughtUp(t, pri, "vol1", time.Minute)
 }
+
+// TestReplicationSyncMode: in sync mode a write is acknowledged only once
+// the secondary holds it, so the replica has it the moment the client
+// sees the acknowledgement; with the secondary away, writes fall back to
+// async after the timeout (with an alert) and catch up later.
+func TestReplicationSyncMode(t *testing.T) {
+	pri, sec, _ := pairedSites(t, false)
+	pri.mustTandem("disk", "create", "vol1", "--size", "16M")
+	pri.mustTandem("protect", "vol1", "--peer", "beta", "--mode", "sync", "--sync-timeout", "500ms")
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	for i := 0; i < 5; i++ {
+		pattern := fmt.Sprintf("0x%02x", 0x10+i)
+		off := fmt.Sprintf("%dM", i)
+		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P "+pattern+" "+off+" 1M", pri.uri("vol1"))
+		// No waiting: the acknowledgement means the secondary holds it.
+		st := pri.status("vol1")
+		if st.AckedPoint < st.NewestPoint {
+			t.Fatalf("sync mode: write acknowledged while the secondary holds %d of %d", st.AckedPoint, st.NewestPoint)
+		}
+	}
+	sec.kill()
+	start := time.Now()
+	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 8M 1M", pri.uri("vol1"))
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("a write with the secondary away took %v", d)
+	}
+	out := pri.mustTandem("status", "vol1")
+	if !strings.Contains(out, "SYNC DEGRADED") {
+		t.Fatalf("status with the secondary away in sync mode:\n%s\nwant SYNC DEGRADED", out)
+	}
+	sec.start()
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	compareReplica(t, pri, sec, "vol1")
+}
