@@ -145,6 +145,7 @@ const (
 	ESHUTDOWN Errno = 108
 )
 
+// Error names the error value.
 func (e Errno) Error() string {
 	switch e {
 	case EPERM:
