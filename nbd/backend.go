@@ -119,11 +119,13 @@ type Export struct {
 
 // FileRanger is implemented by backends whose bytes for a range are, as
 // they stand, the bytes of an open file at some offset (a raw file or
-// device store). On plaintext connections the server then sends large
-// reads with sendfile(2), from the page cache to the socket without a copy
-// through user space; the file is read when the reply is sent. A wrapper
-// that changes what reads return (an overlay, a journal view) must not
-// implement it.
+// device store), and for which writing that file there is the same as
+// WriteAt. On plaintext connections the server then sends large reads with
+// sendfile(2), from the page cache to the socket, and splices large writes
+// from the socket into the file, without copying them through user space.
+// The file is read when the reply is sent. A wrapper that changes what
+// reads return or what a write does (an overlay, a journal, a read-only
+// view) must not implement it.
 type FileRanger interface {
 	// FileRange returns the file and offset holding [off, off+length), or
 	// ok false to have the range read through ReadAt.
