@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/tandem-dr/tandem/disk"
 	"github.com/tandem-dr/tandem/journal"
@@ -490,5 +491,43 @@ func TestReadOnly(t *testing.T) {
 	ext, err := ro.(nbd.Extenter).Extents(0, 1<<20)
 	if err != nil || len(ext) == 0 {
 		t.Errorf("Extents = %v, %v", ext, err)
+	}
+}
+
+func TestTapJournalENOSPC(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Int64
+	free.Store(1 << 30)
+	opts := journaltest.Options()
+	opts.MinFreeBytes = 100 << 20
+	opts.FreeSpace = func(string) (int64, error) { return free.Load(), nil }
+	e := newTapEnv(t, 1<<20, opts)
+	tap := newTap(t, e.file, e.log, disk.TapOptions{CheckpointEvery: -1})
+	if _, err := tap.WriteAtFUA(bytes.Repeat([]byte{7}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	free.Store(1 << 20)
+	time.Sleep(10 * time.Millisecond)
+	_, err := tap.WriteAt(bytes.Repeat([]byte{8}, 4096), 0)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write with the journal's disk full = %v, want ENOSPC", err)
+	}
+	got := make([]byte, 4096)
+	if _, err := tap.ReadAt(got, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{7}, 4096)) {
+		t.Errorf("read after the refused write = %d…, %v; want the acknowledged 7s", got[0], err)
+	}
+	if tap.Overflowed() {
+		t.Errorf("a full disk switched the tap to overflow; it must fail the write instead")
+	}
+	free.Store(1 << 30)
+	time.Sleep(10 * time.Millisecond)
+	if _, err := tap.WriteAt(bytes.Repeat([]byte{9}, 4096), 0); err != nil {
+		t.Fatalf("write after space returned: %v", err)
+	}
+	if err := tap.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readAll(t, tap), replayOnto(t, e.log, 1<<20); !bytes.Equal(got, want) {
+		t.Errorf("store differs from the journal replayed onto zeroes")
 	}
 }

@@ -71,6 +71,15 @@
 // memtables and caches (Options) plus the value-log files not yet
 // reclaimed, which prompt releases keep near the unreleased bytes.
 //
+// # A full file system
+//
+// Badger writes its logs through mmap into sparse files, where a page
+// that cannot be allocated raises SIGBUS rather than returning ENOSPC. So
+// the journal keeps Options.MinFreeBytes free: appends fail with an error
+// wrapping syscall.ENOSPC below it (holds and metadata may use half of
+// it, so that checkpoints can still release records), and nothing that
+// was committed is touched.
+//
 // # Crash safety
 //
 // badger commits a transaction atomically. On the first Store.Log of a

@@ -266,6 +266,9 @@ func (l *Log) Append(ctx context.Context, rec Record) (*Pending, error) {
 	if l.bytes+size > l.s.opts.MaxBytes {
 		return nil, fmt.Errorf("append journal %s seq=%d: %w (%d of %d bytes)", l.name, rec.Seq, ErrFull, l.bytes, l.s.opts.MaxBytes)
 	}
+	if err := l.s.space.admit(size, false); err != nil {
+		return nil, fmt.Errorf("append journal %s seq=%d: %w", l.name, rec.Seq, err)
+	}
 	rec.Time = time.Now().UTC()
 	rec.Seal(l.headSum)
 	return l.enqueueLocked(&rec, size)
@@ -382,6 +385,14 @@ func (l *Log) AppendReceived(ctx context.Context, recs []Record) error {
 			return fmt.Errorf("append received to %s: %w", l.name, err)
 		}
 		seq, prev = r.Seq, r.Sum
+	}
+	var total int64
+	for i := range recs {
+		total += int64(recs[i].EncodedSize())
+	}
+	if err := l.s.space.admit(total, false); err != nil {
+		l.mu.Unlock()
+		return fmt.Errorf("append received to %s: %w", l.name, err)
 	}
 	for i := range recs {
 		p, err := l.enqueueLocked(&recs[i], int64(recs[i].EncodedSize()))

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -409,5 +411,40 @@ func TestConcurrentAppends(t *testing.T) {
 			}
 			last[r.Off] = string(r.Data)
 		}
+	}
+}
+
+func TestFullFileSystemRefusesAppends(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Int64
+	free.Store(1 << 30)
+	opts := journaltest.Options()
+	opts.MinFreeBytes = 100 << 20
+	opts.FreeSpace = func(string) (int64, error) { return free.Load(), nil }
+	s := journaltest.Open(t, "", opts)
+	l := journaltest.Log(t, s, "d")
+	journaltest.Write(t, l, 0, []byte("before"))
+
+	free.Store(60 << 20) // under the reserve, over half of it
+	time.Sleep(10 * time.Millisecond)
+	_, err := l.Append(ctx, journal.Record{Kind: journal.KindWrite, Off: 0, Len: 5, Data: []byte("after")})
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Append on a full file system = %v, want ENOSPC", err)
+	}
+	if got := l.Head(); got != 1 {
+		t.Errorf("Head after refused append = %d, want 1", got)
+	}
+	if err := l.SetHold("apply", 1); err != nil {
+		t.Errorf("SetHold within half the reserve = %v, want success (checkpoints must still release)", err)
+	}
+	free.Store(10 << 20)
+	time.Sleep(10 * time.Millisecond)
+	if err := l.SetMeta("k", []byte("v")); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("SetMeta with almost nothing free = %v, want ENOSPC", err)
+	}
+	free.Store(1 << 30)
+	time.Sleep(10 * time.Millisecond)
+	if seq := journaltest.Write(t, l, 0, []byte("again")); seq != 2 {
+		t.Errorf("seq after space returned = %d, want 2", seq)
 	}
 }

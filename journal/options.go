@@ -45,6 +45,9 @@ const (
 	DefaultGCDiscardRatio = 0.5
 	// DefaultMaxBatchBytes caps the record bytes in one group commit.
 	DefaultMaxBatchBytes = 16 << 20
+	// DefaultMinFreeBytes is the space the journal leaves free on its
+	// file system (see Options.MinFreeBytes).
+	DefaultMinFreeBytes = 256 << 20
 )
 
 // Options configures a Store. The zero value of every field means its
@@ -75,6 +78,16 @@ type Options struct {
 	ReclaimBytes int64
 	// MaxBatchBytes caps the record bytes committed in one badger write.
 	MaxBatchBytes int64
+	// MinFreeBytes is the space kept free on the journal's file system:
+	// appends fail with an error wrapping syscall.ENOSPC rather than use
+	// it (holds and metadata may use half of it). Badger writes through
+	// mmap, where a full file system means SIGBUS, not an error; this
+	// reserve also covers badger's own files. Negative disables the check.
+	MinFreeBytes int64
+	// FreeSpace reports the bytes available to the journal in dir; nil
+	// means statfs. It is the seam through which tests simulate a full
+	// file system.
+	FreeSpace func(dir string) (int64, error)
 }
 
 // withDefaults returns o with zero fields set to their defaults.
@@ -100,6 +113,7 @@ func (o Options) withDefaults() Options {
 	set(&o.NumLevelZeroTables, DefaultNumLevelZeroTables)
 	set64(&o.MaxBatchBytes, DefaultMaxBatchBytes)
 	set64(&o.ReclaimBytes, DefaultReclaimBytes)
+	set64(&o.MinFreeBytes, DefaultMinFreeBytes)
 	if o.GCInterval == 0 {
 		o.GCInterval = DefaultGCInterval
 	}

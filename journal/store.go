@@ -66,6 +66,7 @@ type Store struct {
 	qsig      chan struct{}
 	ssig      chan struct{}
 
+	space     *spaceGuard
 	released  atomic.Int64 // record bytes released since the last reclaim
 	memFill   atomic.Int64 // estimated memtable bytes written since the last padding
 	reclaimCh chan struct{}
@@ -140,6 +141,7 @@ func Open(ctx context.Context, dir string, opts Options, logger *slog.Logger) (*
 		qsig:      make(chan struct{}, 1),
 		ssig:      make(chan struct{}, 1),
 		reclaimCh: make(chan struct{}, 1),
+		space:     &spaceGuard{dir: dir, min: o.MinFreeBytes, stat: o.FreeSpace},
 	}
 	s.qcond = sync.NewCond(&s.qmu)
 	wctx, cancel := context.WithCancel(context.Background())
@@ -596,6 +598,9 @@ func (s *Store) noteReleased(n int64) {
 // of records to fill, leaving released records' value-log files on disk.
 // Costs about MemTableSize of LSM writes per ReclaimBytes released.
 func (s *Store) flushMemtable() error {
+	if err := s.space.admit(s.opts.MemTableSize, true); err != nil {
+		return err
+	}
 	// Records written since the last padding filled part of the memtable
 	// (all of it, when it flushed by itself): pad only the rest.
 	filled := s.memFill.Swap(0)
