@@ -295,3 +295,35 @@ func mapCovers(listing string, off, n int64, typ string) bool {
 	}
 	return false
 }
+
+// TestNBDBlockDevice serves a loop device: the size comes from
+// BLKGETSIZE64, trim and zero go to BLKDISCARD and BLKZEROOUT, and the
+// whole device reports as data.
+func TestNBDBlockDevice(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "loop.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 32*mib); err != nil {
+		t.Fatal(err)
+	}
+	dev := strings.TrimSpace(mustRun(t, "losetup", "--find", "--show", img))
+	t.Cleanup(func() { runCmd(t, time.Minute, "losetup", "--detach", dev) })
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	p := startProc(t, tandemBin, "nbd", "serve", dev, "--socket", sock)
+	waitSocket(t, "unix", sock, p)
+	uri := "nbd+unix:///?socket=" + sock
+	if got := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", uri)); got != strconv.Itoa(32*mib) {
+		t.Fatalf("nbdinfo --size of %s = %q, want %d", dev, got, 32*mib)
+	}
+	out := mustRun(t, "qemu-io", "-f", "raw",
+		"-c", "write -P 0x5a 1M 1M", "-c", "read -P 0x5a 1M 1M",
+		"-c", "write -z 1M 64k", "-c", "read -P 0 1M 64k",
+		"-c", "discard 4M 1M", "-c", "flush", uri)
+	if strings.Contains(out, "fail") || strings.Contains(out, "error") {
+		t.Fatalf("qemu-io on a block device export:\n%s", out)
+	}
+	if m := mustRun(t, "nbdinfo", "--map", uri); !mapCovers(m, 0, 32*mib, "0") {
+		t.Fatalf("nbdinfo --map of a block device: want all data\n%s", m)
+	}
+}
