@@ -31,9 +31,10 @@ func main() {
 
 	// Every suite adds itself here, one line each.
 	suites := map[string]suite{
-		"nbd":       benchNBD,
-		"fuse":      benchFUSE,
-		"appliance": benchAppliance,
+		"nbd":         benchNBD,
+		"fuse":        benchFUSE,
+		"appliance":   benchAppliance,
+		"replication": benchReplication,
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
