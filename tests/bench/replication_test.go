@@ -1,0 +1,124 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// fioWriteClat is a trimmed fio 3.33 report of a write job, with notes
+// before the JSON as fio prints them.
+const fioWriteClat = `note: both iodepth >= 1 and synchronous I/O engine are selected
+{
+  "fio version" : "fio-3.33",
+  "jobs" : [
+    {
+      "jobname" : "write",
+      "write" : {
+        "io_bytes" : 770703360,
+        "bw_bytes" : 149854824,
+        "iops" : 142.912697,
+        "clat_ns" : {
+          "min" : 1000,
+          "percentile" : {
+            "1.000000" : 13172736,
+            "50.000000" : 86507520,
+            "99.000000" : 341835776,
+            "99.900000" : 421527552
+          }
+        }
+      }
+    }
+  ]
+}`
+
+func TestParseReplFio(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    replFioResult
+		wantErr string
+	}{
+		{"sample", fioWriteClat, replFioResult{
+			mbs: 149.854824, iops: 142.912697, written: 770703360,
+			clatP50: 86507520 * time.Nanosecond, clatP99: 341835776 * time.Nanosecond,
+		}, ""},
+		{"no percentiles", `{"jobs":[{"write":{"io_bytes":4096,"bw_bytes":2e6,"iops":500}}]}`,
+			replFioResult{mbs: 2, iops: 500, written: 4096}, ""},
+		{"absurd percentile", `{"jobs":[{"write":{"clat_ns":{"percentile":{"50.000000":1e300,"99.000000":-5}}}}]}`,
+			replFioResult{}, ""},
+		{"no jobs", `{"jobs":[]}`, replFioResult{}, "0 jobs"},
+		{"two jobs", `{"jobs":[{},{}]}`, replFioResult{}, "2 jobs"},
+		{"negative", `{"jobs":[{"write":{"io_bytes":-1}}]}`, replFioResult{}, "negative"},
+		{"not json", `fio: engine nbd not loadable`, replFioResult{}, "parse fio output"},
+		{"empty", ``, replFioResult{}, "parse fio output"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseReplFio([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseReplFio error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseReplFio: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("parseReplFio = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseReplFio(f *testing.F) {
+	f.Add([]byte(fioWriteClat))
+	f.Add([]byte(`{"jobs":[{"write":{"clat_ns":{"percentile":{"50.000000":1e300}}}}]}`))
+	f.Add([]byte(`{"jobs":[{"write":{"io_bytes":-1}}]}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := parseReplFio(raw)
+		if err != nil {
+			return
+		}
+		if got.mbs < 0 || got.iops < 0 || got.written < 0 || got.clatP50 < 0 || got.clatP99 < 0 {
+			t.Fatalf("parseReplFio(%q) = %+v: negative figures", raw, got)
+		}
+	})
+}
+
+func TestPercentile(t *testing.T) {
+	ten := []float64{10, 1, 9, 2, 8, 3, 7, 4, 6, 5}
+	tests := []struct {
+		name string
+		xs   []float64
+		p    float64
+		want float64
+	}{
+		{"empty", nil, 99, 0},
+		{"one", []float64{0.4}, 50, 0.4},
+		{"median of ten", ten, 50, 5},
+		{"p99 of ten is the max", ten, 99, 10},
+		{"p90 of ten", ten, 90, 9},
+		{"max", ten, 100, 10},
+		{"p0 is the min", ten, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := percentile(tt.xs, tt.p); got != tt.want {
+				t.Errorf("percentile(%v, %v) = %v, want %v", tt.xs, tt.p, got, tt.want)
+			}
+		})
+	}
+	if ten[0] != 10 {
+		t.Errorf("percentile sorted its argument: %v", ten)
+	}
+	hundred := make([]float64, 100)
+	for i := range hundred {
+		hundred[i] = float64(i + 1)
+	}
+	if got := percentile(hundred, 99); got != 99 {
+		t.Errorf("p99 of 1..100 = %v, want 99", got)
+	}
+}
