@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"strings"
 
 	"github.com/tandem-dr/tandem/replication"
 )
@@ -149,7 +150,8 @@ type SiteInfo struct {
 // SiteInfo describes the site.
 func (d *Daemon) SiteInfo() SiteInfo {
 	si := SiteInfo{Site: d.cfg.Site, DataDir: d.dataDir, FUSE: d.opts.FUSE}
-	for _, a := range d.opts.NBD {
+	for _, spec := range d.opts.NBD {
+		a, _, _ := strings.Cut(spec, "?")
 		if network, addr, err := ParseAddr(a); err == nil && network == "unix" && !filepath.IsAbs(addr) {
 			a = "unix:" + filepath.Join(d.dataDir, addr)
 		}

@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -156,17 +157,26 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}()
 
 	d.nbd = nbd.NewServer(exporter{d}, nbd.ServerOptions{Logger: d.log.With("component", "nbd")})
-	for _, addr := range d.opts.NBD {
+	for _, spec := range d.opts.NBD {
+		addr, mode, err := parseNBDListener(spec)
+		if err != nil {
+			fail(err)
+			break
+		}
 		ln, err := d.listen(addr)
 		if err != nil {
 			fail(fmt.Errorf("nbd listener %s: %w", addr, err))
 			break
 		}
-		d.log.Info("nbd listening", "addr", addr)
+		var tlsCfg *tls.Config
+		if mode != nbd.TLSOff {
+			tlsCfg = d.id.NBDServerTLS()
+		}
+		d.log.Info("nbd listening", "addr", addr, "tls", tlsModeName(mode))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := d.nbd.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+			if err := d.nbd.ServeTLS(ctx, ln, tlsCfg, mode); err != nil && ctx.Err() == nil {
 				fail(fmt.Errorf("nbd %s: %w", addr, err))
 			}
 		}()
@@ -247,6 +257,26 @@ func (d *Daemon) listen(addr string) (net.Listener, error) {
 		}
 	}
 	return net.Listen(network, address)
+}
+
+// parseNBDListener splits an NBD listener "ADDR[?tls=off|optional|required]":
+// STARTTLS with the site's certificate can be offered or required per
+// listener.
+func parseNBDListener(spec string) (addr string, mode nbd.TLSMode, err error) {
+	addr, query, _ := strings.Cut(spec, "?")
+	switch query {
+	case "", "tls=off":
+		return addr, nbd.TLSOff, nil
+	case "tls=optional":
+		return addr, nbd.TLSOptional, nil
+	case "tls=required":
+		return addr, nbd.TLSRequired, nil
+	}
+	return "", 0, fmt.Errorf("nbd listener %q: after '?' want tls=off, tls=optional or tls=required", spec)
+}
+
+func tlsModeName(m nbd.TLSMode) string {
+	return [...]string{"off", "optional", "required"}[m]
 }
 
 // ParseAddr splits "unix:PATH" or "tcp:HOST:PORT". A bare path (containing

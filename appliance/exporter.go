@@ -28,11 +28,15 @@ func (e exporter) resolve(name string) (nbd.ExportInfo, nbd.Backend, error) {
 	switch {
 	case od.tap != nil && point == "":
 		info.Description = fmt.Sprintf("tandem disk %s (primary)", base)
-		return info, metered{tap: od.tap, m: od.meter}, nil
+		b := metered{tap: od.tap, m: od.meter}
+		info.Flags = nbd.FlagsFor(b, false)
+		return info, b, nil
 	case od.replica != nil && (point == "" || point == "latest"):
 		info.Description = fmt.Sprintf("tandem replica %s of site %s, newest consistent point", base, od.meta.Peer)
 		info.ReadOnly = true
-		return info, disk.ReadOnly(od.replica), nil
+		b := disk.ReadOnly(od.replica)
+		info.Flags = nbd.FlagsFor(b, true)
+		return info, b, nil
 	}
 	return nbd.ExportInfo{}, nil, fmt.Errorf("%w: %q: no such view", nbd.ErrUnknownExport, name)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -151,4 +152,26 @@ func TestNBDThroughJournal(t *testing.T) {
 	if _, err := os.Stat(from); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDaemonNBDTLS: a listener can require STARTTLS with the site's
+// certificate: a plaintext client is refused, one that trusts the site CA
+// is served.
+func TestDaemonNBDTLS(t *testing.T) {
+	port := freePort(t)
+	s := newSite(t, "alpha", "--nbd", fmt.Sprintf("tcp:127.0.0.1:%d?tls=required", port))
+	s.start()
+	s.mustTandem("disk", "create", "vol1", "--size", "16M")
+	plain := runCmd(t, time.Minute, "nbdinfo", "--size", fmt.Sprintf("nbd://127.0.0.1:%d/vol1", port))
+	if plain.Code == 0 {
+		t.Fatalf("plaintext client served on a TLS-required listener: %s", plain.Stdout)
+	}
+	certs := t.TempDir()
+	mustRun(t, "cp", filepath.Join(s.data, "pki", "ca.pem"), filepath.Join(certs, "ca-cert.pem"))
+	out := mustRun(t, "nbdinfo", "--size", fmt.Sprintf("nbds://127.0.0.1:%d/vol1?tls-certificates=%s", port, certs))
+	if strings.TrimSpace(out) != "16777216" {
+		t.Fatalf("size over TLS: %q", out)
+	}
+	// The unix listener next to it stays plaintext.
+	mustRun(t, "nbdinfo", "--size", s.uri("vol1"))
 }

@@ -19,7 +19,7 @@ func serveCommand() *cli.Command {
 		Usage: "run the appliance in the foreground",
 		Flags: []cli.Flag{
 			dataFlag(),
-			&cli.StringSliceFlag{Name: "nbd", Usage: "NBD listener, unix:PATH or tcp:HOST:PORT (repeatable; default unix:DATA/nbd.sock and tcp:127.0.0.1:10809)"},
+			&cli.StringSliceFlag{Name: "nbd", Usage: "NBD listener, unix:PATH or tcp:HOST:PORT, with ?tls=optional or ?tls=required for STARTTLS with the site's certificate (repeatable; default unix:DATA/nbd.sock and tcp:127.0.0.1:10809)"},
 			&cli.StringFlag{Name: "api", Usage: "API listener (default unix:DATA/api.sock)"},
 			&cli.StringFlag{Name: "repl", Usage: "replication listener, mutual TLS only (default tcp:0.0.0.0:7800)"},
 			&cli.StringFlag{Name: "fuse", Usage: "mount disks and views as files under this directory"},
