@@ -101,6 +101,10 @@ type TapOptions struct {
 //     failed nor blocked: the tap overflows into dirty-region tracking,
 //     persisting a region's mark (synced) before the store write, and
 //     reports Overflowed until Resume.
+//   - Writes are paced to the store's checkpoints: when more than twice
+//     CheckpointBytes were journaled since the last checkpoint began, a
+//     write waits (at most a second) for it to end, so the journal's
+//     unreleased tail stays bounded when the store is slower than writes.
 //   - With an Acker set, a journaled write returns only after WaitAcked
 //     for its seq. WaitAcked's error is not returned to the client (the
 //     write is journaled and applied); what to do about a secondary that
@@ -127,8 +131,9 @@ type Tap struct {
 	applied    uint64
 
 	acker   atomic.Pointer[ackerBox]
-	persist sync.Mutex // serialises persisting the dirty map
-	cpMu    sync.Mutex // serialises checkpoints
+	persist sync.Mutex    // serialises persisting the dirty map
+	cpMu    sync.Mutex    // serialises checkpoints
+	cpDone  chan struct{} // closed and replaced when a checkpoint ends; under mu
 	kick    chan struct{}
 	closed  atomic.Bool
 	cancel  context.CancelFunc
@@ -173,6 +178,7 @@ func NewTap(ctx context.Context, store Store, log *journal.Log, opts TapOptions,
 		dirty:    NewDirtyMap(store.Size(), opts.RegionSize),
 		inflight: make(map[uint64]struct{}),
 		kick:     make(chan struct{}, 1),
+		cpDone:   make(chan struct{}),
 	}
 	if v, err := log.Meta(metaOverflow); err == nil {
 		t.overflow = string(v) == "1"
@@ -396,6 +402,7 @@ func (t *Tap) write(kind journal.Kind, off, length int64, p []byte, mayTrim, fua
 // journal appends rec and waits for its commit. It reports journaled
 // false, without error, when the tap is (or has just gone) into overflow.
 func (t *Tap) journal(ctx context.Context, rec journal.Record) (uint64, bool, error) {
+	t.pace()
 	for attempt := 0; ; attempt++ {
 		t.mu.Lock()
 		if t.overflow {
@@ -435,6 +442,33 @@ func (t *Tap) journal(ctx context.Context, rec journal.Record) (uint64, bool, er
 			return 0, false, err
 		}
 		return 0, false, nil
+	}
+}
+
+// paceWait bounds how long pace holds up one write.
+const paceWait = time.Second
+
+// pace holds a write back while the store's checkpoints lag: when more
+// than twice CheckpointBytes were journaled since the last checkpoint
+// began, the write waits (at most paceWait) for that checkpoint to end.
+// Writes then go at the speed the store can be made durable, and the
+// journal's unreleased tail (and the memory that maps it) stays bounded
+// instead of growing until the journal is full.
+func (t *Tap) pace() {
+	if t.opts.CheckpointBytes <= 0 {
+		return
+	}
+	t.mu.Lock()
+	lagging := t.sinceCP >= 2*t.opts.CheckpointBytes && t.repairFrom == 0
+	done := t.cpDone
+	t.mu.Unlock()
+	if !lagging {
+		return
+	}
+	t.kickApplier()
+	select {
+	case <-done:
+	case <-time.After(paceWait):
 	}
 }
 
@@ -594,54 +628,6 @@ func (t *Tap) Resume(ctx context.Context) error {
 	return t.log.Sync(ctx)
 }
 
-// Cut appends a marker record labelled label while no write of this tap is
-// in flight: a clean recovery point. It returns the marker's seq once it
-// is synced.
-func (t *Tap) Cut(ctx context.Context, label []byte) (uint64, error) {
-	seqs, err := Cut(ctx, []*Tap{t}, label)
-	if err != nil {
-		return 0, err
-	}
-	return seqs[0], nil
-}
-
-// Cut appends a marker to each tap's journal at the same instant: writes
-// to all of them are held off while the markers are appended, so the
-// markers form one consistent point across the group. It returns the
-// markers' seqs, in the order of taps, once they are synced.
-func Cut(ctx context.Context, taps []*Tap, label []byte) ([]uint64, error) {
-	for _, t := range taps {
-		t.gate.Lock()
-	}
-	ps := make([]*journal.Pending, len(taps))
-	var err error
-	for i, t := range taps {
-		ps[i], err = t.log.Append(ctx, journal.Record{Kind: journal.KindMarker, Data: label})
-		if err != nil {
-			break
-		}
-	}
-	for _, t := range taps {
-		t.gate.Unlock()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("cut %q: %w", label, err)
-	}
-	seqs := make([]uint64, len(taps))
-	for i, p := range ps {
-		if err := p.Wait(ctx); err != nil {
-			return nil, fmt.Errorf("cut %q: %w", label, err)
-		}
-		seqs[i] = p.Seq()
-	}
-	for _, t := range taps {
-		if err := t.log.Sync(ctx); err != nil {
-			return nil, fmt.Errorf("cut %q: %w", label, err)
-		}
-	}
-	return seqs, nil
-}
-
 // applier checkpoints every CheckpointEvery and when kicked.
 func (t *Tap) applier(ctx context.Context) {
 	defer t.wg.Done()
@@ -690,6 +676,12 @@ func (t *Tap) checkpoint(ctx context.Context, mayRepair bool) error {
 	}
 	t.cpMu.Lock()
 	defer t.cpMu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		close(t.cpDone)
+		t.cpDone = make(chan struct{})
+		t.mu.Unlock()
+	}()
 	t.mu.Lock()
 	w := t.log.Committed()
 	for s := range t.inflight {
