@@ -32,7 +32,10 @@ func mountSmallFS(t *testing.T, size string) string {
 // is intact, the daemon keeps serving reads, and writes work again once
 // there is room.
 func TestFullDataDisk(t *testing.T) {
-	mnt := mountSmallFS(t, "160M")
+	// The journal keeps 256 MiB free for itself (a full file system must
+	// fail writes, not fault badger's mapped files), so the file system
+	// has that much more than the data the test writes.
+	mnt := mountSmallFS(t, "700M")
 	s := newSiteAt(t, "alpha", filepath.Join(mnt, "data"))
 	s.start()
 	s.mustTandem("disk", "create", "vol1", "--size", "1G")
@@ -41,9 +44,9 @@ func TestFullDataDisk(t *testing.T) {
 	// Fill the spare disk so removing it later frees room.
 	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 40M", "-c", "flush", s.uri("spare"))
 
-	r := runCmd(t, 5*time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x77 64M 512M", "-c", "flush", s.uri("vol1"))
+	r := runCmd(t, 5*time.Minute, "qemu-io", "-f", "raw", "-c", "write -P 0x77 64M 900M", "-c", "flush", s.uri("vol1"))
 	if r.Code == 0 && !strings.Contains(r.Stdout+r.Stderr, "failed") {
-		t.Fatalf("writing 512 MiB to a 160 MiB file system succeeded:\n%s%s", r.Stdout, r.Stderr)
+		t.Fatalf("writing 900 MiB to a 700 MiB file system succeeded:\n%s%s", r.Stdout, r.Stderr)
 	}
 	t.Logf("full disk: %s", strings.TrimSpace(r.Stdout+r.Stderr))
 	if s.daemon.exited() {

@@ -25,7 +25,13 @@ typ, _ = opt_reply(s, 7)
 assert typ == ERR_INVALID, hex(typ); print("ok: GO name of 4097 bytes -> NBD_REP_ERR_INVALID")
 s.close()
 # An option payload of gigabytes: refused without reading it.
-s = raw(); greet(s); s.sendall(b"IHAVEOPT" + struct.pack(">II", 7, 3 << 30) + b"\0" * 65536); expect_closed(s, "option payload of 3 GiB")
+# The server may close before the client has sent it all: that is the point.
+s = raw(); greet(s)
+try:
+    s.sendall(b"IHAVEOPT" + struct.pack(">II", 7, 3 << 30) + b"\0" * 65536)
+except (BrokenPipeError, ConnectionResetError):
+    pass
+expect_closed(s, "option payload of 3 GiB")
 # An option longer than the server accepts but small enough to skip.
 s = raw(); greet(s); opt(s, 7, b"\0" * 100000)
 typ, _ = opt_reply(s, 7)
