@@ -112,6 +112,12 @@ func (s DiskStatus) String() string {
 	if s.Peer != "" {
 		line += "  peer " + s.Peer
 	}
+	if s.Role == RolePrimary && s.Peer != "" {
+		line += fmt.Sprintf("  ship %s/s", FormatRate(s.ShipBps))
+		if s.RawBytes > 0 {
+			line += fmt.Sprintf(" (wire %.0f%% of data)", 100*float64(s.WireBytes)/float64(s.RawBytes))
+		}
+	}
 	if s.RPOAlert {
 		line += "  RPO ALERT"
 	}
