@@ -6,14 +6,13 @@ import (
 	"strings"
 )
 
-// ParseSize parses a size such as 512, 64K, 10M, 1G or 2T (powers of 1024;
-// an optional trailing "B" or "iB" is accepted). Disk sizes must be a
-// positive multiple of 512 bytes.
-func ParseSize(s string) (int64, error) {
+// ParseBytes parses a byte count such as 512, 64K, 10M, 1G or 2T (powers
+// of 1024; an optional trailing "B" or "iB" is accepted).
+func ParseBytes(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	t = strings.TrimSuffix(strings.TrimSuffix(t, "iB"), "B")
 	if t == "" {
-		return 0, fmt.Errorf("size %q: empty", s)
+		return 0, fmt.Errorf("%q: empty", s)
 	}
 	mult := int64(1)
 	switch t[len(t)-1] {
@@ -31,14 +30,32 @@ func ParseSize(s string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
 	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("size %q: want a positive whole number with an optional K, M, G or T suffix", s)
+		return 0, fmt.Errorf("%q: want a positive whole number with an optional K, M, G or T suffix", s)
 	}
 	if n > (1<<62)/mult {
-		return 0, fmt.Errorf("size %q: too large", s)
+		return 0, fmt.Errorf("%q: too large", s)
 	}
-	n *= mult
+	return n * mult, nil
+}
+
+// ParseSize parses a disk size (see ParseBytes); disk sizes must be a
+// multiple of 512 bytes.
+func ParseSize(s string) (int64, error) {
+	n, err := ParseBytes(s)
+	if err != nil {
+		return 0, fmt.Errorf("size %w", err)
+	}
 	if n%512 != 0 {
 		return 0, fmt.Errorf("size %q: must be a multiple of 512 bytes", s)
+	}
+	return n, nil
+}
+
+// ParseRate parses a byte rate such as 100M, 10MB/s or 500K.
+func ParseRate(s string) (int64, error) {
+	n, err := ParseBytes(strings.TrimSuffix(strings.TrimSpace(s), "/s"))
+	if err != nil {
+		return 0, fmt.Errorf("rate %w (bytes per second)", err)
 	}
 	return n, nil
 }

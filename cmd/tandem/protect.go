@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -45,7 +43,7 @@ func protectCommand() *cli.Command {
 				SyncTimeout:     appliance.Duration(c.Duration("sync-timeout")),
 			}
 			if s := c.String("bandwidth"); s != "" {
-				n, err := parseRate(s)
+				n, err := appliance.ParseRate(s)
 				if err != nil {
 					return usagef("--bandwidth: %v", err)
 				}
@@ -62,31 +60,6 @@ func protectCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// parseRate reads a byte rate such as 100M, 10MB/s or 500K (powers of 1024).
-func parseRate(s string) (int64, error) {
-	t := strings.TrimSuffix(strings.TrimSpace(s), "/s")
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "iB"), "B")
-	mult := int64(1)
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'k', 'K':
-			mult = 1 << 10
-		case 'm', 'M':
-			mult = 1 << 20
-		case 'g', 'G':
-			mult = 1 << 30
-		}
-		if mult != 1 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("rate %q: want a positive number of bytes per second with an optional K, M or G", s)
-	}
-	return n * mult, nil
 }
 
 func unprotectCommand() *cli.Command {
