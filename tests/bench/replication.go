@@ -88,6 +88,19 @@ type replRun struct {
 	// calls failed.
 	lags      []float64
 	lagErrors int
+	// The CPU time of each daemon over fio's run and the drain.
+	cpu replCPU
+}
+
+// replCPU is the CPU time (user and system) the two daemons spent over
+// a span of wall time.
+type replCPU struct {
+	pri, sec, wall time.Duration
+}
+
+// cores is the CPU time of a daemon over the span, in cores busy.
+func (c replCPU) cores(d time.Duration) float64 {
+	return safeRatio(d.Seconds(), c.wall.Seconds())
 }
 
 // replStatus is the part of GET /v1/status (appliance.DiskStatus) the
@@ -249,6 +262,18 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	}
 	fmt.Println("  off: the disk not protected; on: protected, async, zstd; drain: from fio's end until the secondary held\n" +
 		"  every record; wire: frame bytes / record bytes shipped (fio's default data)")
+	fmt.Println("CPU of the daemons in cores busy (of 2, shared with fio), over fio's run and the drain, in the runs above:")
+	for _, l := range lines {
+		fmt.Printf("  %-14s", l.job.name)
+		for _, v := range l.variants {
+			r := best[l.job.name][v.name]
+			fmt.Printf("  %s: primary %.2f", v.name, r.cpu.cores(r.cpu.pri))
+			if v.mode != "" {
+				fmt.Printf(" secondary %.2f", r.cpu.cores(r.cpu.sec))
+			}
+		}
+		fmt.Println()
+	}
 
 	as, sy := best[seq.name]["async"], best[seq.name]["sync"]
 	ratio := safeRatio(sy.fio.iops, as.fio.iops)
@@ -273,6 +298,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	fmt.Printf("\nsteady load, fio --rate=%s (%.1f MB/s) %s %s QD%d for %v, best of %d by p99:\n",
 		replSteadyRate, replSteadyBps/1e6, steady.rw, strings.ToUpper(steady.bs), steady.depth, steady.runtime, rounds)
 	fmt.Printf("  written: %.1f MB/s with replication on, %.1f MB/s off (the machine's reference)\n", steadyBest.fio.mbs, steadyOff.fio.mbs)
+	fmt.Printf("  CPU in cores busy: primary %.2f and secondary %.2f with replication on, primary %.2f off\n",
+		steadyBest.cpu.cores(steadyBest.cpu.pri), steadyBest.cpu.cores(steadyBest.cpu.sec), steadyOff.cpu.cores(steadyOff.cpu.pri))
 	if !reached {
 		fmt.Printf("  the load with replication on reached less than %.0f%% of the rate: the lag below is of a lighter load\n", 100*replSteadyReach)
 	}
@@ -505,6 +532,12 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 			}
 		}()
 	}
+	cpu0, err := b.cpuMark()
+	if err != nil {
+		stopSampling()
+		wg.Wait()
+		return replRun{}, err
+	}
 	uri := "nbd+unix:///" + disk + "?socket=" + b.pri.daemon.nbdSock
 	res, ferr := replFio(ctx, b.dir, uri, j, size)
 	stopSampling()
@@ -517,7 +550,8 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	}
 	run.fio = res
 	if v.mode == "" {
-		return run, nil
+		run.cpu, err = b.cpuSince(cpu0)
+		return run, err
 	}
 	mid, err := b.pri.status(ctx, disk)
 	if err != nil {
@@ -529,9 +563,70 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 		return replRun{}, err
 	}
 	run.drain = time.Since(ended)
+	if run.cpu, err = b.cpuSince(cpu0); err != nil {
+		return replRun{}, err
+	}
 	run.raw, run.wire = after.RawBytes-before.RawBytes, after.WireBytes-before.WireBytes
 	run.degraded = run.degraded || mid.SyncDegraded || after.SyncDegraded
 	return run, nil
+}
+
+// cpuMark takes the CPU time of both daemons and the time.
+func (b *replBench) cpuMark() (replCPU, error) {
+	pri, err := procCPU(b.pri.daemon.pid())
+	if err != nil {
+		return replCPU{}, err
+	}
+	sec, err := procCPU(b.sec.daemon.pid())
+	if err != nil {
+		return replCPU{}, err
+	}
+	return replCPU{pri: pri, sec: sec, wall: time.Duration(time.Now().UnixNano())}, nil
+}
+
+// cpuSince is the CPU time of both daemons since the mark.
+func (b *replBench) cpuSince(mark replCPU) (replCPU, error) {
+	now, err := b.cpuMark()
+	if err != nil {
+		return replCPU{}, err
+	}
+	return replCPU{pri: now.pri - mark.pri, sec: now.sec - mark.sec, wall: now.wall - mark.wall}, nil
+}
+
+// procCPU reads the CPU time (user and system) of pid from /proc/PID/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read process stat: %w", err)
+	}
+	return parseProcStat(b)
+}
+
+// userHZ is the unit of the times in /proc/PID/stat (USER_HZ, fixed at
+// 100 in the Linux ABI).
+const userHZ = 100
+
+// parseProcStat reads utime and stime (fields 14 and 15) from the text
+// of /proc/PID/stat. The command name (field 2, in parentheses) may hold
+// spaces and parentheses, so the fields are counted from its last ')'.
+func parseProcStat(b []byte) (time.Duration, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("process stat: no command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("process stat: %d fields after the command name, want at least 13", len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // utime, stime: fields 14 and 15
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 0 || n > math.MaxInt64/int64(time.Second)/2 {
+			return 0, fmt.Errorf("process stat: CPU time %q", s)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
 }
 
 // replFio runs one fio job against uri over the first size bytes.

@@ -122,3 +122,50 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("p99 of 1..100 = %v, want 99", got)
 	}
 }
+
+func TestParseProcStat(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    time.Duration
+		wantErr string
+	}{
+		{"sample", "13265 (tandem) S 1 13165 21277 0 -1 4194304 101 0 0 0 250 75 0 0 20 0 14 0 1285839\n", 3250 * time.Millisecond, ""},
+		{"name with spaces and parens", "7 (a) b (c) R 1 1 1 0 -1 0 0 0 0 0 1 2 0 0\n", 30 * time.Millisecond, ""},
+		{"no name", "7 a R 1 1 1 0 -1 0 0 0 0 0 1 2\n", 0, "no command name"},
+		{"short", "7 (a) R 1 1 1\n", 0, "fields"},
+		{"not a number", "7 (a) R 1 1 1 0 -1 0 0 0 0 0 x 2 0\n", 0, "CPU time"},
+		{"negative", "7 (a) R 1 1 1 0 -1 0 0 0 0 0 -1 2 0\n", 0, "CPU time"},
+		{"overflow", "7 (a) R 1 1 1 0 -1 0 0 0 0 0 99999999999999999 2 0\n", 0, "CPU time"},
+		{"empty", "", 0, "no command name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseProcStat([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseProcStat error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseProcStat: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("parseProcStat = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseProcStat(f *testing.F) {
+	f.Add([]byte("13265 (tandem) S 1 13165 21277 0 -1 4194304 101 0 0 0 250 75 0 0 20 0 14 0 1285839\n"))
+	f.Add([]byte("7 (a) b (c) R 1 1 1 0 -1 0 0 0 0 0 1 2 0 0\n"))
+	f.Add([]byte("7 (a) R 1 1 1 0 -1 0 0 0 0 0 99999999999999999 2 0\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := parseProcStat(raw)
+		if err == nil && got < 0 {
+			t.Fatalf("parseProcStat(%q) = %v: negative", raw, got)
+		}
+	})
+}
