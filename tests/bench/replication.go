@@ -72,7 +72,7 @@ type replJob struct {
 type replFioResult struct {
 	mbs, iops        float64
 	clatP50, clatP99 time.Duration // completion latency of one write
-	written          int64         // bytes written, ramp excluded
+	written          int64         // bytes written
 }
 
 // replRun is one fio run on a fresh disk.
@@ -92,15 +92,16 @@ type replRun struct {
 	cpu replCPU
 }
 
-// replCPU is the CPU time (user and system) the two daemons spent over
-// a span of wall time.
+// replCPU is the CPU time (user and system) of the two daemons: since
+// they started, or over a run.
 type replCPU struct {
-	pri, sec, wall time.Duration
+	pri, sec time.Duration
 }
 
-// cores is the CPU time of a daemon over the span, in cores busy.
-func (c replCPU) cores(d time.Duration) float64 {
-	return safeRatio(d.Seconds(), c.wall.Seconds())
+// perGB is a daemon's CPU time d over the run and its drain per GB the
+// run wrote, in seconds.
+func (r replRun) perGB(d time.Duration) float64 {
+	return safeRatio(d.Seconds(), float64(r.fio.written)/1e9)
 }
 
 // replStatus is the part of GET /v1/status (appliance.DiskStatus) the
@@ -262,14 +263,14 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	}
 	fmt.Println("  off: the disk not protected; on: protected, async, zstd; drain: from fio's end until the secondary held\n" +
 		"  every record; wire: frame bytes / record bytes shipped (fio's default data)")
-	fmt.Println("CPU of the daemons in cores busy (of 2, shared with fio), over fio's run and the drain, in the runs above:")
+	fmt.Println("CPU seconds of the daemons per GB written, over fio's run and the drain, in the runs above:")
 	for _, l := range lines {
 		fmt.Printf("  %-14s", l.job.name)
 		for _, v := range l.variants {
 			r := best[l.job.name][v.name]
-			fmt.Printf("  %s: primary %.2f", v.name, r.cpu.cores(r.cpu.pri))
+			fmt.Printf("  %s: primary %.2f", v.name, r.perGB(r.cpu.pri))
 			if v.mode != "" {
-				fmt.Printf(" secondary %.2f", r.cpu.cores(r.cpu.sec))
+				fmt.Printf(" secondary %.2f", r.perGB(r.cpu.sec))
 			}
 		}
 		fmt.Println()
@@ -298,8 +299,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	fmt.Printf("\nsteady load, fio --rate=%s (%.1f MB/s) %s %s QD%d for %v, best of %d by p99:\n",
 		replSteadyRate, replSteadyBps/1e6, steady.rw, strings.ToUpper(steady.bs), steady.depth, steady.runtime, rounds)
 	fmt.Printf("  written: %.1f MB/s with replication on, %.1f MB/s off (the machine's reference)\n", steadyBest.fio.mbs, steadyOff.fio.mbs)
-	fmt.Printf("  CPU in cores busy: primary %.2f and secondary %.2f with replication on, primary %.2f off\n",
-		steadyBest.cpu.cores(steadyBest.cpu.pri), steadyBest.cpu.cores(steadyBest.cpu.sec), steadyOff.cpu.cores(steadyOff.cpu.pri))
+	fmt.Printf("  CPU seconds per GB written: primary %.2f and secondary %.2f with replication on, primary %.2f off\n",
+		steadyBest.perGB(steadyBest.cpu.pri), steadyBest.perGB(steadyBest.cpu.sec), steadyOff.perGB(steadyOff.cpu.pri))
 	if !reached {
 		fmt.Printf("  the load with replication on reached less than %.0f%% of the rate: the lag below is of a lighter load\n", 100*replSteadyReach)
 	}
@@ -571,7 +572,7 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	return run, nil
 }
 
-// cpuMark takes the CPU time of both daemons and the time.
+// cpuMark takes the CPU time of both daemons.
 func (b *replBench) cpuMark() (replCPU, error) {
 	pri, err := procCPU(b.pri.daemon.pid())
 	if err != nil {
@@ -581,7 +582,7 @@ func (b *replBench) cpuMark() (replCPU, error) {
 	if err != nil {
 		return replCPU{}, err
 	}
-	return replCPU{pri: pri, sec: sec, wall: time.Duration(time.Now().UnixNano())}, nil
+	return replCPU{pri: pri, sec: sec}, nil
 }
 
 // cpuSince is the CPU time of both daemons since the mark.
@@ -590,7 +591,7 @@ func (b *replBench) cpuSince(mark replCPU) (replCPU, error) {
 	if err != nil {
 		return replCPU{}, err
 	}
-	return replCPU{pri: now.pri - mark.pri, sec: now.sec - mark.sec, wall: now.wall - mark.wall}, nil
+	return replCPU{pri: now.pri - mark.pri, sec: now.sec - mark.sec}, nil
 }
 
 // procCPU reads the CPU time (user and system) of pid from /proc/PID/stat.
@@ -640,7 +641,9 @@ func replFio(ctx context.Context, dir, uri string, j replJob, size int64) (replF
 		"--output-format=json", "--output=" + out,
 	}
 	if j.runtime > 0 {
-		args = append(args, "--time_based", "--runtime="+strconv.Itoa(int(j.runtime.Seconds())), "--ramp_time=1")
+		// No ramp: the bytes fio counts are all it wrote, so the CPU the
+		// daemons spent can be set against them.
+		args = append(args, "--time_based", "--runtime="+strconv.Itoa(int(j.runtime.Seconds())))
 	}
 	args = append(args, j.extra...)
 	cmd := exec.CommandContext(ctx, "fio", args...)
