@@ -112,6 +112,15 @@ func unixNano(t time.Time) int64 {
 // never panics: garbage yields an error wrapping ErrCorrupt, or ErrShort
 // when b ends before the record does.
 func DecodeRecord(b []byte) (Record, int, error) {
+	r, n, err := decodeView(b)
+	if err == nil && len(r.Data) > 0 {
+		r.Data = append([]byte(nil), r.Data...)
+	}
+	return r, n, err
+}
+
+// decodeView is DecodeRecord without the copy: the returned Data aliases b.
+func decodeView(b []byte) (Record, int, error) {
 	if len(b) < HeaderSize {
 		return Record{}, 0, fmt.Errorf("%w: %d of %d header bytes", ErrShort, len(b), HeaderSize)
 	}
@@ -138,7 +147,7 @@ func DecodeRecord(b []byte) (Record, int, error) {
 		r.Time = time.Unix(0, ns).UTC()
 	}
 	if n > 0 {
-		r.Data = append([]byte(nil), b[HeaderSize:total]...)
+		r.Data = b[HeaderSize:total:total]
 	}
 	if err := r.Validate(); err != nil {
 		return Record{}, 0, err

@@ -35,6 +35,7 @@ func (l *Log) SetHold(consumer string, seq uint64) error {
 	}); err != nil {
 		return fmt.Errorf("set hold %s=%d on %s: %w", consumer, seq, l.name, err)
 	}
+	l.s.metaDirty.Store(true)
 	l.mu.Lock()
 	l.holds[consumer] = seq
 	upTo := l.minHoldLocked()
@@ -49,6 +50,7 @@ func (l *Log) RemoveHold(consumer string) error {
 	}); err != nil {
 		return fmt.Errorf("remove hold %s on %s: %w", consumer, l.name, err)
 	}
+	l.s.metaDirty.Store(true)
 	l.mu.Lock()
 	delete(l.holds, consumer)
 	upTo := l.minHoldLocked()
@@ -78,9 +80,10 @@ func (l *Log) minHoldLocked() uint64 {
 	return m
 }
 
-// release deletes the committed records up to upTo. The new base is
-// persisted before any record is deleted, so a crash in between leaves
-// stale records that the next open deletes.
+// release releases the committed records up to upTo. The new base is
+// persisted first; then every segment holding only released records is
+// retired (into the free pool, or deleted). A crash in between leaves
+// such segments behind, and the next open retires them.
 func (l *Log) release(upTo uint64) error {
 	l.relMu.Lock()
 	defer l.relMu.Unlock()
@@ -90,8 +93,7 @@ func (l *Log) release(upTo uint64) error {
 		l.mu.Unlock()
 		return nil
 	}
-	oldBase := l.base
-	idx := l.recs0 + int(upTo-oldBase) - 1
+	idx := l.recs0 + int(upTo-l.base) - 1
 	if idx >= len(l.recs) || l.recs[idx].seq != upTo {
 		l.mu.Unlock()
 		return fmt.Errorf("release journal %s to %d: record bookkeeping out of step", l.name, upTo)
@@ -103,6 +105,7 @@ func (l *Log) release(upTo uint64) error {
 	if err := l.s.db.Update(func(txn *badger.Txn) error { return txn.Set(baseKey(l.id), v) }); err != nil {
 		return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
 	}
+	l.s.metaDirty.Store(true)
 	l.mu.Lock()
 	l.base, l.baseSum = upTo, sum
 	var freed int64
@@ -115,22 +118,18 @@ func (l *Log) release(upTo uint64) error {
 		l.recs = append(l.recs[:0:0], l.recs[l.recs0:]...)
 		l.recs0 = 0
 	}
+	// A segment is released when the next one starts at or before the
+	// first unreleased seq; the last segment stays, it is written next.
+	n := 0
+	for n+1 < len(l.segs) && l.segs[n+1].first <= upTo+1 {
+		n++
+	}
+	retire := dropSegmentsLocked(l.segs[:n])
+	l.segs = append(l.segs[:0:0], l.segs[n:]...)
 	l.mu.Unlock()
-
-	keys := make([][]byte, 0, min(upTo-oldBase, 1<<16))
-	for seq := oldBase + 1; seq <= upTo; seq++ {
-		keys = append(keys, recordKey(l.id, seq))
-		if len(keys) == cap(keys) {
-			if err := l.s.deleteKeys(keys); err != nil {
-				return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
-			}
-			keys = keys[:0]
-		}
+	for _, g := range retire {
+		l.s.retire(g)
 	}
-	if err := l.s.deleteKeys(keys); err != nil {
-		return fmt.Errorf("release journal %s to %d: %w", l.name, upTo, err)
-	}
-	l.s.noteReleased(freed)
 	return nil
 }
 
@@ -146,6 +145,7 @@ func (l *Log) SetMeta(key string, val []byte) error {
 	}); err != nil {
 		return fmt.Errorf("set meta %s on %s: %w", key, l.name, err)
 	}
+	l.s.metaDirty.Store(true)
 	return nil
 }
 
@@ -177,6 +177,7 @@ func (l *Log) DeleteMeta(key string) error {
 	}); err != nil {
 		return fmt.Errorf("delete meta %s on %s: %w", key, l.name, err)
 	}
+	l.s.metaDirty.Store(true)
 	return nil
 }
 

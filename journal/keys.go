@@ -7,12 +7,11 @@ const (
 	tagName = 'n' // n <name>                      -> log id (uint32)
 	tagNext = 'i' // i                             -> next log id (uint32)
 	tagLog  = 'l' // l <id:4> <sub> ...            -> per-log keys below
-	tagPad  = 'p' // p <n:8>                       -> padding, deleted at once (see flushMemtable)
 
-	subRecord = 'r' // l <id> r <seq:8>            -> encoded Record
 	subBase   = 'b' // l <id> b                    -> released seq:8, its sum:8
 	subHold   = 'h' // l <id> h <consumer>         -> seq:8
 	subMeta   = 'm' // l <id> m <key>              -> value
+	subSynced = 'w' // l <id> w                    -> seq:8 up to which segments were synced
 	subIndex  = 'x' // l <id> x <region:8> <seq:8> -> reserved: block index
 )
 
@@ -32,21 +31,9 @@ func subKey(id uint32, sub byte, rest []byte) []byte {
 	return append(k, rest...)
 }
 
-func recordKey(id uint32, seq uint64) []byte {
-	k := append(logPrefix(id), subRecord, 0, 0, 0, 0, 0, 0, 0, 0)
-	binary.BigEndian.PutUint64(k[6:], seq)
-	return k
-}
-
-// recordSeq returns the seq of a record key, false for another key.
-func recordSeq(k []byte) (uint64, bool) {
-	if len(k) != 14 || k[0] != tagLog || k[5] != subRecord {
-		return 0, false
-	}
-	return binary.BigEndian.Uint64(k[6:]), true
-}
-
 func baseKey(id uint32) []byte { return subKey(id, subBase, nil) }
+
+func syncedKey(id uint32) []byte { return subKey(id, subSynced, nil) }
 
 func holdKey(id uint32, consumer string) []byte {
 	return subKey(id, subHold, []byte(consumer))

@@ -6,28 +6,32 @@ import (
 )
 
 // Defaults for Options. They keep a daemon under sustained write load well
-// below 256 MiB of resident memory while leaving badger room to batch.
+// below 256 MiB of resident memory: record data lives in segment files
+// read and written with pread and pwrite (page cache, not the process),
+// and badger holds only small values.
 const (
 	// DefaultMaxBytes is the per-log limit of unreleased record bytes.
 	DefaultMaxBytes = 1 << 30
-	// DefaultMemTableSize is badger's memtable size. Records go to the
-	// value log (see DefaultValueThreshold), so memtables hold only keys
-	// and value pointers and a small one suffices (badger's 6.7 MiB floor
-	// applies only to its default 1 MB value threshold).
+	// DefaultSegmentSize is the size at which a log starts a new segment
+	// file.
+	DefaultSegmentSize = 64 << 20
+	// DefaultFreeSegments is how many released segment files the store
+	// keeps for reuse.
+	DefaultFreeSegments = 4
+	// DefaultMemTableSize is badger's memtable size: badger holds names,
+	// bases, holds, sync marks and metadata, all small.
 	DefaultMemTableSize = 2 << 20
 	// DefaultNumMemtables is how many memtables badger keeps before it
 	// stalls writes.
 	DefaultNumMemtables = 4
-	// DefaultValueThreshold: values at least this long live in the value
-	// log, written once; shorter ones (zero, trim, holds, small writes)
-	// stay in the LSM.
+	// DefaultValueThreshold: values shorter than this stay in badger's
+	// LSM tree (all of the journal's own ones do).
 	DefaultValueThreshold = 1 << 10
 	// DefaultBlockCacheSize is badger's block cache.
 	DefaultBlockCacheSize = 8 << 20
 	// DefaultIndexCacheSize is badger's table index cache.
 	DefaultIndexCacheSize = 4 << 20
-	// DefaultValueLogFileSize is the size of one value-log file: the unit
-	// that value-log GC reclaims.
+	// DefaultValueLogFileSize is the size of one badger value-log file.
 	DefaultValueLogFileSize = 8 << 20
 	// DefaultNumCompactors is how many compaction goroutines badger runs
 	// (badger needs at least 2).
@@ -35,16 +39,11 @@ const (
 	// DefaultNumLevelZeroTables is how many level-0 tables badger keeps
 	// before it compacts them.
 	DefaultNumLevelZeroTables = 2
-	// DefaultGCInterval is how often the value-log GC loop runs.
-	DefaultGCInterval = 50 * time.Millisecond
-	// DefaultReclaimBytes of released records make the GC loop flush
-	// badger's memtable and collect the value log at once.
-	DefaultReclaimBytes = 16 << 20
+	// DefaultGCInterval is how often badger's value-log GC runs.
+	DefaultGCInterval = time.Minute
 	// DefaultGCDiscardRatio is the share of garbage a value-log file must
 	// hold before GC rewrites it.
 	DefaultGCDiscardRatio = 0.5
-	// DefaultMaxBatchBytes caps the record bytes in one group commit.
-	DefaultMaxBatchBytes = 16 << 20
 	// DefaultMinFreeBytes is the space the journal leaves free on its
 	// file system (see Options.MinFreeBytes).
 	DefaultMinFreeBytes = 256 << 20
@@ -57,6 +56,13 @@ type Options struct {
 	// included). An Append that would pass it fails with ErrFull.
 	// AppendReceived is not limited: the secondary's retention decides.
 	MaxBytes int64
+	// SegmentSize is the size at which a log starts a new segment file;
+	// at least two records of MaxData.
+	SegmentSize int64
+	// FreeSegments is how many released segment files are kept for reuse
+	// (overwriting allocated blocks is cheaper than allocating); negative
+	// keeps none.
+	FreeSegments int
 	// MemTableSize, NumMemtables, ValueThreshold, BlockCacheSize,
 	// IndexCacheSize, ValueLogFileSize, NumCompactors and
 	// NumLevelZeroTables are passed to badger.
@@ -68,16 +74,11 @@ type Options struct {
 	ValueLogFileSize   int64
 	NumCompactors      int
 	NumLevelZeroTables int
-	// GCInterval is how often the value-log GC loop runs; negative
+	// GCInterval is how often badger's value-log GC runs; negative
 	// disables it.
 	GCInterval time.Duration
 	// GCDiscardRatio is the garbage share at which GC rewrites a file.
 	GCDiscardRatio float64
-	// ReclaimBytes of released record bytes trigger a memtable flush and
-	// a GC run, so that released records' space is reclaimed promptly.
-	ReclaimBytes int64
-	// MaxBatchBytes caps the record bytes committed in one badger write.
-	MaxBatchBytes int64
 	// MinFreeBytes is the space kept free on the journal's file system:
 	// appends fail with an error wrapping syscall.ENOSPC rather than use
 	// it (holds and metadata may use half of it). Badger writes through
@@ -111,8 +112,11 @@ func (o Options) withDefaults() Options {
 	set64(&o.ValueLogFileSize, DefaultValueLogFileSize)
 	set(&o.NumCompactors, DefaultNumCompactors)
 	set(&o.NumLevelZeroTables, DefaultNumLevelZeroTables)
-	set64(&o.MaxBatchBytes, DefaultMaxBatchBytes)
-	set64(&o.ReclaimBytes, DefaultReclaimBytes)
+	set64(&o.SegmentSize, DefaultSegmentSize)
+	set(&o.FreeSegments, DefaultFreeSegments)
+	if o.FreeSegments < 0 {
+		o.FreeSegments = 0
+	}
 	set64(&o.MinFreeBytes, DefaultMinFreeBytes)
 	if o.GCInterval == 0 {
 		o.GCInterval = DefaultGCInterval
@@ -139,10 +143,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("journal options: ValueThreshold %d outside [1, 15%% of MemTableSize]", d.ValueThreshold)
 	case d.ValueLogFileSize < 1<<20 || d.ValueLogFileSize >= 2<<30:
 		return fmt.Errorf("journal options: ValueLogFileSize %d outside [1 MiB, 2 GiB)", d.ValueLogFileSize)
-	case d.ReclaimBytes < 0:
-		return fmt.Errorf("journal options: ReclaimBytes %d is negative", d.ReclaimBytes)
-	case d.ValueLogFileSize < 2*(MaxData+HeaderSize):
-		return fmt.Errorf("journal options: ValueLogFileSize %d too small for a %d-byte record", d.ValueLogFileSize, MaxData)
+	case d.SegmentSize < 2*(MaxData+HeaderSize) || d.SegmentSize > 1<<40:
+		return fmt.Errorf("journal options: SegmentSize %d outside [two %d-byte records, 1 TiB]", d.SegmentSize, MaxData)
 	case d.NumCompactors < 2:
 		return fmt.Errorf("journal options: NumCompactors %d under 2", d.NumCompactors)
 	case d.NumLevelZeroTables < 1:
@@ -151,8 +153,6 @@ func (o Options) Validate() error {
 		return fmt.Errorf("journal options: negative cache size")
 	case d.GCDiscardRatio <= 0 || d.GCDiscardRatio >= 1:
 		return fmt.Errorf("journal options: GCDiscardRatio %v outside (0, 1)", d.GCDiscardRatio)
-	case d.MaxBatchBytes < MaxData+HeaderSize:
-		return fmt.Errorf("journal options: MaxBatchBytes %d under one record", d.MaxBatchBytes)
 	}
 	return nil
 }

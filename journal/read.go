@@ -4,128 +4,124 @@ import (
 	"context"
 	"errors"
 	"fmt"
-
-	"github.com/dgraph-io/badger/v4"
 )
 
 // ReadFrom calls fn with every committed record from seq from onwards, in
-// order, verifying the chain as it goes. It stops at the first damaged,
-// missing or misplaced record with an error wrapping ErrCorrupt that names
-// its seq; that record is never passed to fn. It returns fn's error as is
-// and an error wrapping ErrReleased when from was already released. from
-// 0 means the first unreleased record. fn owns the Record it gets.
+// order, reading them from their segments and verifying the chain as it
+// goes. It stops at the first damaged, missing or misplaced record with
+// an error wrapping ErrCorrupt that names its seq; that record is never
+// passed to fn. It returns fn's error as is and an error wrapping
+// ErrReleased when from was already released. from 0 means the first
+// unreleased record. fn owns the Record it gets.
 //
-// ReadFrom reads a consistent snapshot: records committed after it
-// started may or may not be included.
+// ReadFrom reads a consistent snapshot: the records committed when it
+// started, even if they are released meanwhile; records committed after
+// it started are not included.
 func (l *Log) ReadFrom(ctx context.Context, from uint64, fn func(Record) error) error {
-	txn := l.s.db.NewTransaction(false)
-	defer txn.Discard()
 	l.mu.Lock()
-	base, baseSum, closed := l.base, l.baseSum, l.closed
-	l.mu.Unlock()
-	if closed {
+	if l.closed {
+		l.mu.Unlock()
 		return fmt.Errorf("read journal %s: %w", l.name, ErrClosed)
 	}
+	base, baseSum := l.base, l.baseSum
 	if from == 0 {
 		from = base + 1
 	}
 	if from <= base {
+		l.mu.Unlock()
 		return fmt.Errorf("read journal %s from %d: %w (released up to %d)", l.name, from, ErrReleased, base)
 	}
-	prev := baseSum
-	if from > base+1 {
-		r, err := l.get(txn, from-1)
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil // nothing at or after from yet
-		}
-		if err != nil {
-			return err
-		}
-		if err := r.Verify(r.PrevSum); err != nil {
-			return fmt.Errorf("read journal %s: %w", l.name, err)
-		}
-		prev = r.Sum
+	if from > l.commitSeq {
+		l.mu.Unlock()
+		return nil // nothing at or after from yet
 	}
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: subKey(l.id, subRecord, nil)})
-	defer it.Close()
-	want := from
-	for it.Seek(recordKey(l.id, from)); it.Valid(); it.Next() {
+	// The slice of committed records never changes in place: releases
+	// move recs0, appends and rollbacks touch only what follows commitSeq.
+	i0 := l.recs0 + int(from-base-1)
+	i1 := l.recs0 + int(l.commitSeq-base)
+	snap := l.recs[i0:i1:i1]
+	prev := baseSum
+	if i0 > l.recs0 {
+		prev = l.recs[i0-1].sum
+	}
+	pinned := l.pinLocked(snap[0].seg)
+	l.mu.Unlock()
+	defer l.unpin(pinned)
+
+	buf := make([]byte, 0, HeaderSize+4096)
+	for _, ri := range snap {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		item := it.Item()
-		seq, ok := recordSeq(item.Key())
-		if !ok {
-			continue
+		if int64(cap(buf)) < ri.size {
+			buf = make([]byte, 0, ri.size)
 		}
-		if seq != want {
-			return fmt.Errorf("read journal %s: %w: seq=%d missing (found %d)", l.name, ErrCorrupt, want, seq)
-		}
-		var rec Record
-		err := item.Value(func(v []byte) error {
-			var err error
-			var n int
-			rec, n, err = DecodeRecord(v)
-			if err == nil && n != len(v) {
-				err = fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(v)-n)
-			}
-			return err
-		})
-		if err == nil && rec.Seq != seq {
-			err = fmt.Errorf("%w: key seq %d holds record seq %d", ErrCorrupt, seq, rec.Seq)
-		}
+		buf = buf[:ri.size]
+		rec, err := l.readRecord(ri, buf)
 		if err == nil {
 			err = rec.Verify(prev)
 		}
 		if err != nil {
-			if errors.Is(err, ErrShort) {
-				err = fmt.Errorf("%w: seq=%d: %w", ErrCorrupt, seq, err)
-			}
-			return fmt.Errorf("read journal %s seq=%d: %w", l.name, seq, err)
+			return fmt.Errorf("read journal %s seq=%d: %w", l.name, ri.seq, err)
 		}
 		if err := fn(rec); err != nil {
 			return err
 		}
 		prev = rec.Sum
-		want++
 	}
 	return nil
 }
 
-// get reads and decodes record seq.
-func (l *Log) get(txn *badger.Txn, seq uint64) (Record, error) {
-	item, err := txn.Get(recordKey(l.id, seq))
+// readRecord reads and decodes the record ri describes into buf (of
+// ri.size bytes); the returned Data is a copy.
+func (l *Log) readRecord(ri recInfo, buf []byte) (Record, error) {
+	if err := ri.seg.readAt(buf, ri.off); err != nil {
+		if errors.Is(err, ErrShort) {
+			return Record{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+		return Record{}, err
+	}
+	rec, n, err := DecodeRecord(buf)
+	if errors.Is(err, ErrShort) {
+		return Record{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
 	if err != nil {
 		return Record{}, err
 	}
-	var rec Record
-	err = item.Value(func(v []byte) error {
-		var err error
-		rec, _, err = DecodeRecord(v)
-		return err
-	})
-	if err != nil {
-		return Record{}, fmt.Errorf("read journal %s seq=%d: %w", l.name, seq, err)
+	if int64(n) != ri.size {
+		return Record{}, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, ri.size-int64(n))
+	}
+	if rec.Seq != ri.seq {
+		return Record{}, fmt.Errorf("%w: holds record seq %d", ErrCorrupt, rec.Seq)
 	}
 	return rec, nil
 }
 
-// Tamper rewrites the stored bytes of record seq with fn's result. It
-// exists for fault-injection tests and repair tools, which use it to
-// corrupt or truncate a record; the appliance never calls it.
+// Tamper rewrites the stored bytes of committed record seq with fn's
+// result, in place in its segment (a shorter result is padded with zeros,
+// as a torn write leaves it; a longer one is refused). It exists for fault-injection tests
+// and repair tools, which use it to corrupt or truncate a record; the
+// appliance never calls it.
 func (l *Log) Tamper(seq uint64, fn func(stored []byte) []byte) error {
-	err := l.s.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(recordKey(l.id, seq))
-		if err != nil {
-			return err
-		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		return txn.Set(recordKey(l.id, seq), fn(v))
-	})
-	if err != nil {
+	l.mu.Lock()
+	if seq <= l.base || seq > l.commitSeq {
+		l.mu.Unlock()
+		return fmt.Errorf("tamper journal %s seq=%d: %w", l.name, seq, ErrNotFound)
+	}
+	ri := l.recs[l.recs0+int(seq-l.base-1)]
+	pinned := l.pinLocked(ri.seg)
+	l.mu.Unlock()
+	defer l.unpin(pinned)
+	b := make([]byte, ri.size)
+	if err := ri.seg.readAt(b, ri.off); err != nil {
+		return fmt.Errorf("tamper journal %s seq=%d: %w", l.name, seq, err)
+	}
+	nb := fn(b)
+	if int64(len(nb)) > ri.size {
+		return fmt.Errorf("tamper journal %s seq=%d: %d bytes do not fit in %d", l.name, seq, len(nb), ri.size)
+	}
+	nb = append(nb, make([]byte, ri.size-int64(len(nb)))...)
+	if _, err := ri.seg.f.WriteAt(nb, ri.off); err != nil {
 		return fmt.Errorf("tamper journal %s seq=%d: %w", l.name, seq, err)
 	}
 	return nil

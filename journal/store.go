@@ -5,13 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -43,11 +44,13 @@ var (
 	ErrLocked = errors.New("journal: directory in use by another process")
 )
 
-// Store is one badger database holding the logs of every disk of a site.
-// It owns the group committer, the syncer and the value-log GC loop. It is
-// safe for concurrent use.
+// Store is one journal directory: the segment files of every disk's log
+// and one badger database holding names, bases, holds, sync marks and
+// metadata. It owns the syncer and badger's value-log GC loop. It is safe
+// for concurrent use.
 type Store struct {
 	db   *badger.DB
+	dir  string
 	opts Options
 	log  *slog.Logger
 
@@ -55,46 +58,33 @@ type Store struct {
 	logs   map[string]*Log
 	closed bool
 
-	// The commit queue. Lock order: Log.mu before qmu.
-	qmu       sync.Mutex
-	qcond     *sync.Cond // broadcast when committed advances or on close
-	queue     []*entry
-	enqueued  uint64 // entries ever queued
-	committed uint64 // entries ever processed (committed or failed)
+	// Sync requests and what the next sync round must flush. Lock
+	// order: Log.mu before dmu.
+	dmu       sync.Mutex
+	dirty     map[*segment]struct{} // segments written since the last sync round
+	dirtyDirs map[string]struct{}   // directories that gained a segment
 	syncReqs  []*syncReq
-	qclosed   bool
-	qsig      chan struct{}
+	sclosed   bool
 	ssig      chan struct{}
+	metaDirty atomic.Bool // badger written since the last sync round
 
-	space     *spaceGuard
-	released  atomic.Int64 // record bytes released since the last reclaim
-	memFill   atomic.Int64 // estimated memtable bytes written since the last padding
-	reclaimCh chan struct{}
-	padSeq    uint64 // owned by the GC loop
+	poolMu  sync.Mutex
+	pool    []string // free segment files
+	poolSeq uint64
+
+	space *spaceGuard
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
 
-// entry is one record waiting for the committer.
-type entry struct {
-	l     *Log
-	epoch uint64
-	seq   uint64
-	sum   uint64
-	key   []byte
-	val   []byte
-	p     *Pending
-}
-
 type syncReq struct {
-	target uint64
-	done   chan struct{}
-	err    error
+	done chan struct{}
+	err  error
 }
 
 // Open opens (creating when needed) the journal in dir and starts its
-// committer, syncer and value-log GC loop. A second process opening the
+// syncer and badger's value-log GC loop. A second process opening the
 // same dir gets an error wrapping ErrLocked.
 func Open(ctx context.Context, dir string, opts Options, logger *slog.Logger) (*Store, error) {
 	if err := opts.Validate(); err != nil {
@@ -135,19 +125,22 @@ func Open(ctx context.Context, dir string, opts Options, logger *slog.Logger) (*
 	}
 	s := &Store{
 		db:        db,
+		dir:       dir,
 		opts:      o,
 		log:       logger,
 		logs:      make(map[string]*Log),
-		qsig:      make(chan struct{}, 1),
+		dirty:     make(map[*segment]struct{}),
+		dirtyDirs: make(map[string]struct{}),
 		ssig:      make(chan struct{}, 1),
-		reclaimCh: make(chan struct{}, 1),
 		space:     &spaceGuard{dir: dir, min: o.MinFreeBytes, stat: o.FreeSpace},
 	}
-	s.qcond = sync.NewCond(&s.qmu)
+	if err := s.openPool(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open journal %s: %w", dir, err)
+	}
 	wctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(2)
-	go s.committer()
+	s.wg.Add(1)
 	go s.syncer()
 	if o.GCInterval > 0 {
 		s.wg.Add(1)
@@ -164,8 +157,9 @@ func isLockErr(err error) bool {
 		strings.Contains(strings.ToLower(err.Error()), "another process is using")
 }
 
-// Close drains the commit queue, syncs and closes the database. Logs and
-// Pending values of a closed store report ErrClosed.
+// Close waits for the appends in flight, syncs every segment, records
+// how far each log is synced and closes the database. Logs and Pending
+// values of a closed store report ErrClosed.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -173,23 +167,46 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
+	logs := make([]*Log, 0, len(s.logs))
 	for _, l := range s.logs {
 		l.markClosed()
+		logs = append(logs, l)
 	}
 	s.mu.Unlock()
 
-	s.qmu.Lock()
-	s.qclosed = true
-	s.qcond.Broadcast()
-	s.qmu.Unlock()
-	s.signal(s.qsig)
+	s.dmu.Lock()
+	s.sclosed = true
+	s.dmu.Unlock()
 	s.signal(s.ssig)
 	s.cancel()
 	s.wg.Wait()
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("close journal: %w", err)
+	var first error
+	txn := s.db.NewTransaction(true)
+	for _, l := range logs {
+		seq, err := l.closeFiles()
+		if err != nil {
+			first = cmpErr(first, fmt.Errorf("close journal %s: %w", l.name, err))
+			continue
+		}
+		if err := txn.Set(syncedKey(l.id), u64(seq)); err != nil {
+			first = cmpErr(first, fmt.Errorf("close journal %s: %w", l.name, err))
+		}
 	}
-	return nil
+	if err := txn.Commit(); err != nil {
+		first = cmpErr(first, fmt.Errorf("close journal: %w", err))
+	}
+	if err := s.db.Close(); err != nil {
+		first = cmpErr(first, fmt.Errorf("close journal: %w", err))
+	}
+	return first
+}
+
+// cmpErr returns the first non-nil of a and b.
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
 }
 
 func (s *Store) signal(c chan struct{}) {
@@ -296,8 +313,9 @@ func (s *Store) DropLog(ctx context.Context, name string) error {
 		s.mu.Unlock()
 		return fmt.Errorf("drop log %s: %w", name, ErrClosed)
 	}
-	if l, ok := s.logs[name]; ok {
-		l.markClosed()
+	dropped := s.logs[name]
+	if dropped != nil {
+		dropped.markClosed()
 		delete(s.logs, name)
 	}
 	var id uint32
@@ -324,8 +342,14 @@ func (s *Store) DropLog(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("drop log %s: %w", name, err)
 	}
+	if dropped != nil {
+		_, _ = dropped.closeFiles()
+	}
 	if !found {
 		return nil
+	}
+	if err := os.RemoveAll(s.logSegDir(id)); err != nil {
+		return fmt.Errorf("drop log %s: %w", name, err)
 	}
 	if err := s.deletePrefix(ctx, logPrefix(id)); err != nil {
 		return fmt.Errorf("drop log %s: %w", name, err)
@@ -383,270 +407,6 @@ func (s *Store) deleteKeys(keys [][]byte) error {
 	return nil
 }
 
-// enqueue hands e to the committer. The caller holds e.l.mu, so the queue
-// order of one log is its seq order.
-func (s *Store) enqueue(e *entry) error {
-	s.qmu.Lock()
-	if s.qclosed {
-		s.qmu.Unlock()
-		return ErrClosed
-	}
-	s.queue = append(s.queue, e)
-	s.enqueued++
-	s.qmu.Unlock()
-	s.signal(s.qsig)
-	return nil
-}
-
-// committer writes queued records in batches: one badger transaction for
-// everything that queued up while the previous batch was being written.
-func (s *Store) committer() {
-	defer s.wg.Done()
-	var spare []*entry
-	for {
-		s.qmu.Lock()
-		for len(s.queue) == 0 && !s.qclosed {
-			s.qmu.Unlock()
-			<-s.qsig
-			s.qmu.Lock()
-		}
-		if len(s.queue) == 0 && s.qclosed {
-			s.qmu.Unlock()
-			return
-		}
-		batch := s.queue
-		s.queue = spare[:0]
-		s.qmu.Unlock()
-
-		s.commitBatch(batch)
-
-		s.qmu.Lock()
-		s.committed += uint64(len(batch))
-		s.qcond.Broadcast()
-		s.qmu.Unlock()
-		s.signal(s.ssig)
-		for i := range batch {
-			batch[i] = nil
-		}
-		spare = batch
-	}
-}
-
-// commitBatch commits batch in order, in as few transactions as badger's
-// batch limits and MaxBatchBytes allow. After a failed transaction every
-// later entry of the batch fails too, and each affected log rolls back to
-// its last committed record.
-func (s *Store) commitBatch(batch []*entry) {
-	var failed error
-	for len(batch) > 0 {
-		if failed != nil {
-			for _, e := range batch {
-				e.l.fail(e, failed)
-			}
-			return
-		}
-		txn := s.db.NewTransaction(true)
-		var n int
-		var bytes int64
-		for _, e := range batch {
-			if !e.l.current(e) {
-				if n == 0 {
-					e.l.fail(e, nil)
-					batch = batch[1:]
-					continue
-				}
-				break
-			}
-			if n > 0 && bytes+int64(len(e.val)) > s.opts.MaxBatchBytes {
-				break
-			}
-			if err := txn.SetEntry(badger.NewEntry(e.key, e.val)); err != nil {
-				if errors.Is(err, badger.ErrTxnTooBig) && n > 0 {
-					break
-				}
-				failed = fmt.Errorf("append journal seq=%d: %w", e.seq, err)
-				break
-			}
-			n++
-			bytes += int64(len(e.val))
-		}
-		if n == 0 && failed == nil {
-			txn.Discard()
-			continue
-		}
-		chunk := batch[:n]
-		batch = batch[n:]
-		if failed != nil {
-			txn.Discard()
-			for _, e := range chunk {
-				e.l.fail(e, failed)
-			}
-			continue
-		}
-		if err := txn.Commit(); err != nil {
-			failed = fmt.Errorf("commit journal batch of %d records: %w", len(chunk), err)
-			for _, e := range chunk {
-				e.l.fail(e, failed)
-			}
-			s.log.Error("journal commit failed", logKeyErr, err, logKeyCount, len(chunk))
-			continue
-		}
-		var fill int64
-		for _, e := range chunk {
-			fill += s.memtableCost(len(e.key), len(e.val))
-			e.l.committed(e)
-		}
-		s.memFill.Add(fill)
-	}
-}
-
-// syncBarrier returns once every entry queued before the call has been
-// processed by the committer and the database has been synced since.
-func (s *Store) syncBarrier(ctx context.Context) error {
-	s.qmu.Lock()
-	if s.qclosed {
-		s.qmu.Unlock()
-		return ErrClosed
-	}
-	r := &syncReq{target: s.enqueued, done: make(chan struct{})}
-	s.syncReqs = append(s.syncReqs, r)
-	s.qmu.Unlock()
-	s.signal(s.ssig)
-	select {
-	case <-r.done:
-		return r.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// syncer serves sync requests in groups: one badger Sync for every
-// request that arrived while the previous one ran.
-func (s *Store) syncer() {
-	defer s.wg.Done()
-	for {
-		s.qmu.Lock()
-		for len(s.syncReqs) == 0 && !s.qclosed {
-			s.qmu.Unlock()
-			<-s.ssig
-			s.qmu.Lock()
-		}
-		reqs := s.syncReqs
-		s.syncReqs = nil
-		var target uint64
-		for _, r := range reqs {
-			target = max(target, r.target)
-		}
-		if len(reqs) == 0 {
-			s.qmu.Unlock()
-			return
-		}
-		for s.committed < target {
-			s.qcond.Wait()
-		}
-		s.qmu.Unlock()
-		err := s.db.Sync()
-		if err != nil {
-			err = fmt.Errorf("sync journal: %w", err)
-			s.log.Error("journal sync failed", logKeyErr, err)
-		}
-		for _, r := range reqs {
-			r.err = err
-			close(r.done)
-		}
-	}
-}
-
-// gcLoop reclaims value-log space: released records leave garbage in the
-// value log, and RunValueLogGC rewrites (or, for a file holding only
-// garbage, just deletes) files that are mostly garbage. It runs every
-// GCInterval and whenever ReclaimBytes of records were released.
-func (s *Store) gcLoop(ctx context.Context) {
-	defer s.wg.Done()
-	t := time.NewTicker(s.opts.GCInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-s.reclaimCh:
-		}
-		if s.released.Load() >= s.opts.ReclaimBytes {
-			s.released.Store(0)
-			if err := s.flushMemtable(); err != nil {
-				s.log.Warn("journal memtable flush for reclaim", logKeyErr, err)
-			}
-		}
-		s.RunGC(ctx)
-	}
-}
-
-// noteReleased counts released record bytes and wakes the GC loop once
-// there are ReclaimBytes of them.
-func (s *Store) noteReleased(n int64) {
-	if s.released.Add(n) >= s.opts.ReclaimBytes {
-		s.signal(s.reclaimCh)
-	}
-}
-
-// flushMemtable makes badger flush its memtable by filling it with small
-// padding entries, which it then deletes. Badger learns which value-log
-// bytes are garbage only when compactions drop the deleted keys, and
-// compactions follow memtable flushes; a journal's memtable holds only
-// keys and value pointers and would otherwise take hundreds of gigabytes
-// of records to fill, leaving released records' value-log files on disk.
-// Costs about MemTableSize of LSM writes per ReclaimBytes released.
-func (s *Store) flushMemtable() error {
-	if err := s.space.admit(s.opts.MemTableSize, true); err != nil {
-		return err
-	}
-	// Records written since the last padding filled part of the memtable
-	// (all of it, when it flushed by itself): pad only the rest.
-	filled := s.memFill.Swap(0)
-	if filled >= s.opts.MemTableSize {
-		return nil
-	}
-	pad := min(s.opts.ValueThreshold-1, 1000)
-	val := make([]byte, pad)
-	n := int((s.opts.MemTableSize-filled)/s.memtableCost(9, int(pad))) + 64
-	keys := make([][]byte, 0, n)
-	for i := 0; i < n; i++ {
-		s.padSeq++
-		keys = append(keys, append([]byte{tagPad}, u64(s.padSeq)...))
-	}
-	for rest := keys; len(rest) > 0; {
-		txn := s.db.NewTransaction(true)
-		k := 0
-		for _, key := range rest {
-			if err := txn.Set(key, val); err != nil {
-				if errors.Is(err, badger.ErrTxnTooBig) && k > 0 {
-					break
-				}
-				txn.Discard()
-				return err
-			}
-			k++
-		}
-		if err := txn.Commit(); err != nil {
-			return err
-		}
-		rest = rest[k:]
-	}
-	return s.deleteKeys(keys)
-}
-
-// memtableCost estimates the memtable bytes an entry takes: its key with
-// badger's timestamp, the value (or a value pointer when it goes to the
-// value log) and a skiplist node.
-func (s *Store) memtableCost(key, val int) int64 {
-	const node, vptr, ts = 100, 12, 8
-	if int64(val) >= s.opts.ValueThreshold {
-		val = vptr
-	}
-	return int64(key + ts + val + node)
-}
-
 // RunGC runs value-log GC until no file is worth rewriting. The GC loop
 // calls it; tests and tools may call it directly.
 func (s *Store) RunGC(ctx context.Context) {
@@ -661,27 +421,26 @@ func (s *Store) RunGC(ctx context.Context) {
 	}
 }
 
-// Size returns the bytes the store's files take on disk: the LSM tree and
-// the value log.
-func (s *Store) Size() (lsm, vlog int64) {
-	dir := s.db.Opts().Dir
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, 0
-	}
-	for _, e := range entries {
-		info, err := e.Info()
+// Size returns the bytes the store's files take on disk: badger's files
+// (its LSM tree and value log: names, holds, metadata) and the record
+// segments, free ones included.
+func (s *Store) Size() (index, records int64) {
+	_ = filepath.WalkDir(s.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
 		if err != nil {
-			continue
+			return nil
 		}
-		switch {
-		case len(e.Name()) > 5 && e.Name()[len(e.Name())-5:] == ".vlog":
-			vlog += info.Size()
-		default:
-			lsm += info.Size()
+		if filepath.Ext(p) == segExt {
+			records += info.Size()
+		} else {
+			index += info.Size()
 		}
-	}
-	return lsm, vlog
+		return nil
+	})
+	return index, records
 }
 
 // badgerLogger routes badger's logging into slog; badger's chatty Info

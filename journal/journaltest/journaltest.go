@@ -13,13 +13,13 @@ import (
 	"github.com/tandem-dr/tandem/journal"
 )
 
-// Options returns journal options sized for tests: small memtables and
-// value-log files, no GC loop.
+// Options returns journal options sized for tests: small segments (so
+// that tests cross segment boundaries), small memtables, no GC loop.
 func Options() journal.Options {
 	return journal.Options{
-		MemTableSize:     4 << 20,
-		ValueLogFileSize: 32 << 20,
-		GCInterval:       -1,
+		SegmentSize:  4 << 20,
+		MemTableSize: 4 << 20,
+		GCInterval:   -1,
 	}
 }
 

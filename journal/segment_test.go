@@ -1,0 +1,341 @@
+package journal_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/tandem-dr/tandem/journal"
+	"github.com/tandem-dr/tandem/journal/journaltest"
+)
+
+// segments returns the paths of the segment files of the logs in dir (not
+// the free ones), sorted, so by log and first seq.
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	all, err := filepath.Glob(filepath.Join(dir, "segments", "*", "*.seg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var segs []string
+	for _, p := range all {
+		if filepath.Base(filepath.Dir(p)) != "free" {
+			segs = append(segs, p)
+		}
+	}
+	slices.Sort(segs)
+	return segs
+}
+
+// copyDir copies the files of a journal that is open: a crash image, what
+// kill -9 would leave (the page cache holds everything written).
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(to, 0o700)
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.Create(to)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	})
+	if err != nil {
+		t.Fatalf("copy journal: %v", err)
+	}
+	return dst
+}
+
+// writeN appends n records of size bytes to l and waits for them.
+func writeN(t *testing.T, l *journal.Log, n, size int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		seq := l.Head() + 1
+		journaltest.Write(t, l, int64(seq)*512, payload(int(seq), size))
+	}
+}
+
+// checkRecords reads every record of l and checks the count and payloads.
+func checkRecords(t *testing.T, l *journal.Log, want int, size int) {
+	t.Helper()
+	recs := journaltest.Records(t, l, 0)
+	if len(recs) != want {
+		t.Fatalf("read %d records, want %d", len(recs), want)
+	}
+	for _, r := range recs {
+		if string(r.Data) != string(payload(int(r.Seq), size)) {
+			t.Errorf("seq %d: payload differs", r.Seq)
+		}
+	}
+}
+
+func TestRecoveryGarbageAfterTail(t *testing.T) {
+	dir := t.TempDir()
+	opts := journaltest.Options()
+	s, err := journal.Open(context.Background(), dir, opts, journaltest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeN(t, journaltest.Log(t, s, "d"), 10, 1000)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs := segments(t, dir)
+	f, err := os.OpenFile(segs[len(segs)-1], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("this is not a record, only bytes past the tail of the log.......")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	s2 := journaltest.Open(t, dir, opts)
+	l := journaltest.Log(t, s2, "d")
+	if rec := l.Recovery(); rec.Head != 10 || rec.Cut != 0 || rec.Torn != 0 {
+		t.Errorf("Recovery = %+v, want head 10, nothing cut", rec)
+	}
+	writeN(t, l, 1, 1000)
+	checkRecords(t, l, 11, 1000)
+}
+
+func TestRecoveryHalfWrittenRecord(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := journaltest.Options()
+	s, err := journal.Open(ctx, dir, opts, journaltest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := journaltest.Log(t, s, "d")
+	writeN(t, l, 10, 1000)
+	recs := journaltest.Records(t, l, 10)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Record 11 as an interrupted pwrite leaves it: header and part of
+	// the data.
+	r := journal.Record{Seq: 11, Kind: journal.KindWrite, Off: 0, Len: 4096, Data: payload(11, 4096)}
+	r.Seal(recs[0].Sum)
+	b, err := r.AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs := segments(t, dir)
+	last := segs[len(segs)-1]
+	st, err := os.Stat(last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(last, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(b[:journal.HeaderSize+1000]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	s2 := journaltest.Open(t, dir, opts)
+	l2 := journaltest.Log(t, s2, "d")
+	if rec := l2.Recovery(); rec.Head != 10 || rec.Cut != 0 || rec.Torn != 1 {
+		t.Errorf("Recovery = %+v, want head 10, the torn record 11 dropped and not counted as damage", rec)
+	}
+	if st2, err := os.Stat(last); err != nil || st2.Size() != st.Size() {
+		t.Errorf("segment after recovery: %v bytes (err %v), want truncated back to %d", st2.Size(), err, st.Size())
+	}
+	if seq := journaltest.Write(t, l2, 0, payload(11, 1000)); seq != 11 {
+		t.Errorf("seq after the torn record = %d, want 11", seq)
+	}
+	checkRecords(t, l2, 11, 1000)
+}
+
+// TestRecoverySyncMark takes a crash image with records past the last
+// sync and damages one record: past the sync mark it is a torn tail, at
+// or below it damage.
+func TestRecoverySyncMark(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := journaltest.Options()
+	s := journaltest.Open(t, dir, opts)
+	l := journaltest.Log(t, s, "d")
+	writeN(t, l, 10, 1000)
+	// A sync round records its mark after the callers return; the next
+	// round starts only after that.
+	for i := 0; i < 2; i++ {
+		if err := l.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeN(t, l, 5, 1000)
+	{
+		s2, err := journal.Open(ctx, copyDir(t, dir), opts, journaltest.Logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := journaltest.Log(t, s2, "d").Recovery()
+		s2.Close()
+		if rec.Head != 15 || rec.Cut != 0 || rec.Torn != 0 {
+			t.Fatalf("crash image: Recovery = %+v, want all 15 records", rec)
+		}
+	}
+
+	tests := []struct {
+		name     string
+		damage   uint64
+		wantHead uint64
+		wantCut  int
+		wantTorn int
+	}{
+		{"past the sync mark", 13, 12, 0, 3},
+		{"below the sync mark", 8, 7, 8, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img := copyDir(t, dir)
+			// Damage the record in the image through a store on it.
+			s2, err := journal.Open(ctx, img, opts, journaltest.Logger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			l2 := journaltest.Log(t, s2, "d")
+			if err := l2.Tamper(tc.damage, func(b []byte) []byte { b[len(b)-1] ^= 1; return b }); err != nil {
+				t.Fatal(err)
+			}
+			// Take the image again before this store closes: its mark is
+			// still that of the original's sync, 10.
+			img2 := copyDir(t, img)
+			s2.Close()
+			s3 := journaltest.Open(t, img2, opts)
+			l3 := journaltest.Log(t, s3, "d")
+			rec := l3.Recovery()
+			if rec.Head != tc.wantHead || rec.Cut != tc.wantCut || rec.Torn != tc.wantTorn {
+				t.Errorf("Recovery = %+v, want head %d, cut %d, torn %d", rec, tc.wantHead, tc.wantCut, tc.wantTorn)
+			}
+			if tc.wantCut > 0 && (rec.CutAt != tc.damage || !errors.Is(rec.Err, journal.ErrCorrupt)) {
+				t.Errorf("Recovery = %+v, want ErrCorrupt at %d", rec, tc.damage)
+			}
+			checkRecords(t, l3, int(tc.wantHead), 1000)
+		})
+	}
+}
+
+func TestRecoveryMissingSegment(t *testing.T) {
+	opts := journaltest.Options()
+	const size = 512 << 10
+	for _, which := range []string{"middle", "last"} {
+		t.Run(which, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := journal.Open(context.Background(), dir, opts, journaltest.Logger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeN(t, journaltest.Log(t, s, "d"), 20, size)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			segs := segments(t, dir)
+			if len(segs) < 3 {
+				t.Fatalf("%d segments for 20 records of %d bytes, want at least 3", len(segs), size)
+			}
+			gone := segs[1]
+			if which == "last" {
+				gone = segs[len(segs)-1]
+			}
+			if err := os.Remove(gone); err != nil {
+				t.Fatal(err)
+			}
+			// The segment's name is its first seq, in hex.
+			var first uint64
+			for _, c := range filepath.Base(gone)[:16] {
+				first = first*16 + uint64(hexVal(c))
+			}
+
+			s2 := journaltest.Open(t, dir, opts)
+			l := journaltest.Log(t, s2, "d")
+			rec := l.Recovery()
+			if rec.Head != first-1 || rec.CutAt != first || rec.Cut != int(20-first+1) || !errors.Is(rec.Err, journal.ErrCorrupt) {
+				t.Errorf("Recovery = %+v, want head %d, cut of %d at %d for ErrCorrupt", rec, first-1, 20-first+1, first)
+			}
+			checkRecords(t, l, int(first-1), size)
+			if seq := journaltest.Write(t, l, 0, payload(int(first), size)); seq != first {
+				t.Errorf("next seq = %d, want %d", seq, first)
+			}
+		})
+	}
+}
+
+func hexVal(c rune) int {
+	if c >= 'a' {
+		return int(c-'a') + 10
+	}
+	return int(c - '0')
+}
+
+// TestSegmentsReused checks that released segments go to the free pool
+// and come back as new segments, and that their old bytes never pass for
+// records, across reopens.
+func TestSegmentsReused(t *testing.T) {
+	dir := t.TempDir()
+	opts := journaltest.Options()
+	const size = 256 << 10
+	total := 0
+	for round := 0; round < 3; round++ {
+		s, err := journal.Open(context.Background(), dir, opts, journaltest.Logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := journaltest.Log(t, s, "d")
+		for i := 0; i < 100; i++ {
+			writeN(t, l, 1, size)
+			total++
+			if i%10 == 9 {
+				if err := l.SetHold("apply", l.Committed()-5); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if n := len(segments(t, dir)); n > 3 {
+			t.Errorf("round %d: %d segments hold 5-15 records of %d bytes, want at most 3", round, n, size)
+		}
+		free, _ := filepath.Glob(filepath.Join(dir, "segments", "free", "*.seg"))
+		if len(free) == 0 || len(free) > journal.DefaultFreeSegments {
+			t.Errorf("round %d: %d free segments, want 1 to %d", round, len(free), journal.DefaultFreeSegments)
+		}
+		base, _ := l.Base()
+		checkRecords(t, l, int(l.Head()-base), size)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s2 := journaltest.Open(t, dir, opts)
+		l2 := journaltest.Log(t, s2, "d")
+		if rec := l2.Recovery(); rec.Cut != 0 || rec.Torn != 0 || rec.Head != uint64(total) {
+			t.Errorf("round %d: Recovery = %+v, want head %d, nothing cut", round, rec, total)
+		}
+		checkRecords(t, l2, int(l2.Head()-base), size)
+		if err := s2.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
