@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -60,9 +61,13 @@ func diskCommand() *cli.Command {
 						return printJSON(c, disks)
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "NAME\tSIZE\tROLE\tSTATE\tJOURNAL")
+					fmt.Fprintln(tw, "NAME\tSIZE\tROLE\tSTATE\tPEER\tJOURNAL")
 					for _, d := range disks {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", d.Name, appliance.FormatSize(d.Size), d.Role, d.State, d.JournalHead)
+						peer := d.Peer
+						if peer == "" {
+							peer = "-"
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", d.Name, appliance.FormatSize(d.Size), d.Role, d.State, peer, d.JournalHead)
 					}
 					return tw.Flush()
 				},
@@ -86,6 +91,20 @@ func diskCommand() *cli.Command {
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintf(tw, "name:\t%s\nsize:\t%s (%d bytes)\npath:\t%s\nrole:\t%s\nstate:\t%s\ncreated:\t%s\njournal head:\t%d\njournal bytes:\t%d\n",
 						d.Name, appliance.FormatSize(d.Size), d.Size, d.Path, d.Role, d.State, d.Created.Format("2006-01-02 15:04:05Z07:00"), d.JournalHead, d.JournalBytes)
+					if d.Peer != "" {
+						fmt.Fprintf(tw, "peer:\t%s\n", d.Peer)
+					}
+					if p := d.Policy; p != nil {
+						fmt.Fprintf(tw, "policy:\tmode %s, retention %s, checkpoint every %s, rpo alert %s, compress %s",
+							p.Mode, time.Duration(p.Retention), time.Duration(p.CheckpointEvery), time.Duration(p.RPOAlert), p.Compress)
+						if p.Bandwidth > 0 {
+							fmt.Fprintf(tw, ", bandwidth %s/s", appliance.FormatRate(float64(p.Bandwidth)))
+						}
+						if p.Group != "" {
+							fmt.Fprintf(tw, ", group %s", p.Group)
+						}
+						fmt.Fprintln(tw)
+					}
 					return tw.Flush()
 				},
 			},
