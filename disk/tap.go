@@ -124,6 +124,7 @@ type Tap struct {
 
 	mu         sync.Mutex
 	inflight   map[uint64]struct{} // seqs appended whose store write has not returned
+	appending  map[uint64]int      // Appends in progress, by the lowest seq they can get
 	repairFrom uint64              // first seq the store failed to apply; 0 when none
 	overflow   bool
 	storeDirty bool  // unjournaled writes since the last store Flush
@@ -171,14 +172,15 @@ func NewTap(ctx context.Context, store Store, log *journal.Log, opts TapOptions,
 		opts.CheckpointBytes = DefaultCheckpointBytes
 	}
 	t := &Tap{
-		store:    store,
-		log:      log,
-		opts:     opts,
-		logger:   logger,
-		dirty:    NewDirtyMap(store.Size(), opts.RegionSize),
-		inflight: make(map[uint64]struct{}),
-		kick:     make(chan struct{}, 1),
-		cpDone:   make(chan struct{}),
+		store:     store,
+		log:       log,
+		opts:      opts,
+		logger:    logger,
+		dirty:     NewDirtyMap(store.Size(), opts.RegionSize),
+		inflight:  make(map[uint64]struct{}),
+		appending: make(map[uint64]int),
+		kick:      make(chan struct{}, 1),
+		cpDone:    make(chan struct{}),
 	}
 	if v, err := log.Meta(metaOverflow); err == nil {
 		t.overflow = string(v) == "1"
@@ -409,7 +411,19 @@ func (t *Tap) journal(ctx context.Context, rec journal.Record) (uint64, bool, er
 			t.mu.Unlock()
 			return 0, false, nil
 		}
+		// Append writes the record: not under t.mu, so that writes
+		// go to the journal concurrently. Until its seq is known, the
+		// record is in appending under a floor it cannot be below
+		// (Committed never goes back), which keeps checkpoints from
+		// releasing it.
+		floor := t.log.Committed() + 1
+		t.appending[floor]++
+		t.mu.Unlock()
 		p, err := t.log.Append(ctx, rec)
+		t.mu.Lock()
+		if t.appending[floor]--; t.appending[floor] == 0 {
+			delete(t.appending, floor)
+		}
 		if err == nil {
 			t.inflight[p.Seq()] = struct{}{}
 			t.sinceCP += int64(rec.EncodedSize())
@@ -685,6 +699,9 @@ func (t *Tap) checkpoint(ctx context.Context, mayRepair bool) error {
 	t.mu.Lock()
 	w := t.log.Committed()
 	for s := range t.inflight {
+		w = min(w, s-1)
+	}
+	for s := range t.appending {
 		w = min(w, s-1)
 	}
 	if t.repairFrom != 0 {

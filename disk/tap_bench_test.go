@@ -2,6 +2,7 @@ package disk_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -90,3 +91,20 @@ var (
 	benchCPEvery time.Duration
 	benchCPBytes int64
 )
+
+// BenchmarkTapCheckpointBytes measures how the checkpoint size (one
+// fdatasync of the store per CheckpointBytes journaled) throttles writes.
+func BenchmarkTapCheckpointBytes(b *testing.B) {
+	for _, mib := range []int64{16, 32, 64, 128, 256} {
+		for _, w := range []struct {
+			name string
+			bs   int64
+		}{{"rand4K", 4096}, {"seq1M", 1 << 20}} {
+			b.Run(fmt.Sprintf("%s/%dMiB", w.name, mib), func(b *testing.B) {
+				benchCPBytes = mib << 20
+				defer func() { benchCPBytes = 0 }()
+				benchTap(b, w.bs, 16, true)
+			})
+		}
+	}
+}

@@ -174,8 +174,10 @@ func (g *segment) writeRecord(hdr, data []byte, off int64) error {
 	if err != nil {
 		return fmt.Errorf("write segment %s at %d: %w", g.path, off, err)
 	}
+	// Control, not Write: RawConn.Write takes the file's write lock,
+	// which would serialise the log's concurrent pwrites.
 	var werr error
-	err = rc.Write(func(fd uintptr) bool {
+	err = rc.Control(func(fd uintptr) {
 		iov := [][]byte{hdr, data}
 		if len(data) == 0 {
 			iov = iov[:1]
@@ -187,11 +189,11 @@ func (g *segment) writeRecord(hdr, data []byte, off int64) error {
 			}
 			if e != nil {
 				werr = e
-				return true
+				return
 			}
 			if n == 0 {
 				werr = io.ErrShortWrite
-				return true
+				return
 			}
 			off += int64(n)
 			for n > 0 && len(iov) > 0 {
@@ -204,7 +206,6 @@ func (g *segment) writeRecord(hdr, data []byte, off int64) error {
 				n = 0
 			}
 		}
-		return true
 	})
 	if err == nil {
 		err = werr
