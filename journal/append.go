@@ -43,72 +43,144 @@ func (l *Log) Append(ctx context.Context, rec Record) (*Pending, error) {
 	}
 	rec.Time = time.Now().UTC()
 	rec.Seal(l.headSum)
-	w, ri, err := l.reserveLocked(&rec, size)
+	w, lead, err := l.reserveLocked(&rec, size)
 	l.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	l.write(w, ri, &rec)
+	l.await(w, lead)
 	return w.p, nil
 }
 
 // reserveLocked gives a sealed record that follows the head its place:
-// a segment and offset, a Pending and a slot in the in-flight list. The
-// caller must then call write. l.mu held.
-func (l *Log) reserveLocked(rec *Record, size int64) (*wentry, recInfo, error) {
+// a segment and offset, a Pending and a place in the write queue. It
+// reports whether the caller must write the queue (nobody else does);
+// either way the caller must then call await. l.mu held.
+func (l *Log) reserveLocked(rec *Record, size int64) (w *wentry, lead bool, err error) {
 	var g *segment
 	if n := len(l.segs); n > 0 && l.segs[n-1].end+size <= l.s.opts.SegmentSize {
 		g = l.segs[n-1]
 	} else {
 		ng, err := l.s.newSegment(l.id, rec.Seq)
 		if err != nil {
-			return nil, recInfo{}, fmt.Errorf("append journal %s seq=%d: %w", l.name, rec.Seq, err)
+			return nil, false, fmt.Errorf("append journal %s seq=%d: %w", l.name, rec.Seq, err)
 		}
 		g = ng
 		l.segs = append(l.segs, g)
 	}
-	ri := recInfo{seq: rec.Seq, sum: rec.Sum, size: size, off: g.end, seg: g}
+	w = &wentry{
+		seq: rec.Seq, sum: rec.Sum, epoch: l.epoch,
+		p:   &Pending{seq: rec.Seq, done: make(chan struct{})},
+		seg: g, off: g.end, data: rec.Data, sig: make(chan bool, 1),
+	}
+	rec.putHeader(w.hdr[:])
+	binary.BigEndian.PutUint64(w.hdr[42:], rec.Sum)
 	g.end += size
-	w := &wentry{seq: rec.Seq, sum: rec.Sum, epoch: l.epoch, p: &Pending{seq: rec.Seq, done: make(chan struct{})}}
 	l.inflight = append(l.inflight, w)
+	l.wq = append(l.wq, w)
 	l.head, l.headSum = rec.Seq, rec.Sum
-	l.recs = append(l.recs, ri)
+	l.recs = append(l.recs, recInfo{seq: rec.Seq, sum: rec.Sum, size: size, off: w.off, seg: g})
 	l.bytes += size
 	l.writers.Add(1)
-	return w, ri, nil
+	lead = !l.writing
+	l.writing = true
+	return w, lead, nil
 }
 
-// write writes a reserved record into its segment and completes it.
-func (l *Log) write(w *wentry, ri recInfo, rec *Record) {
+// await returns once w is written or failed: at once the caller is no
+// longer needed to keep w.data. When the caller leads (or is made to), it
+// writes the queue itself.
+func (l *Log) await(w *wentry, lead bool) {
 	defer l.writers.Done()
-	var hdr [HeaderSize]byte
-	rec.putHeader(hdr[:])
-	binary.BigEndian.PutUint64(hdr[42:], rec.Sum)
-	err := ri.seg.writeRecord(hdr[:], rec.Data, ri.off)
-	if err != nil {
-		err = fmt.Errorf("append journal %s seq=%d: %w", l.name, rec.Seq, err)
-	}
-	l.written(w, ri.seg, err)
-}
-
-// written records that w's write finished (err nil) or failed. The
-// commit point advances over the contiguous prefix of written records,
-// completing their Pendings in order; a failure fails w and every record
-// after it and rolls the log back to the commit point, so the chain
-// never has a gap.
-func (l *Log) written(w *wentry, g *segment, err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if w.epoch != l.epoch {
-		return // failed already by an earlier record's failure
-	}
-	if err != nil {
-		l.s.log.Error("journal write failed", logKeyLog, l.name, logKeySeq, w.seq, logKeyErr, err)
-		l.rollbackLocked(w, err)
+	if !lead && !<-w.sig {
 		return
 	}
-	l.s.noteDirty(g)
-	w.done = true
+	l.writeQueued(w)
+}
+
+// Limits of one group write.
+const (
+	maxGroupRecords = 256
+	maxGroupBytes   = 8 << 20
+)
+
+// writeQueued is group commit without a committer goroutine: the one
+// goroutine that writes (the leader, w's owner) takes everything queued,
+// which lies contiguously in the segment in seq order, and writes it with
+// one pwritev per segment; then it completes those records and, when more
+// queued up meanwhile, hands the writing to the owner of the first of
+// them, so that nobody writes for others for long. The records' owners
+// wait in await until theirs is written, which keeps their buffers valid.
+func (l *Log) writeQueued(w *wentry) {
+	l.mu.Lock()
+	n, bytes := 0, int64(0)
+	for n < len(l.wq) && n < maxGroupRecords && (n == 0 || bytes+int64(len(l.wq[n].data)) <= maxGroupBytes) {
+		bytes += HeaderSize + int64(len(l.wq[n].data))
+		n++
+	}
+	batch := l.wq[:n:n]
+	l.wq = l.wq[n:]
+	if len(l.wq) == 0 {
+		l.wq = nil
+	}
+	l.mu.Unlock()
+
+	var failed *wentry
+	var err error
+	for i := 0; i < len(batch) && failed == nil; {
+		j := i + 1
+		for j < len(batch) && batch[j].seg == batch[i].seg {
+			j++
+		}
+		iov := make([][]byte, 0, 2*(j-i))
+		for _, e := range batch[i:j] {
+			iov = append(iov, e.hdr[:])
+			if len(e.data) > 0 {
+				iov = append(iov, e.data)
+			}
+		}
+		if werr := batch[i].seg.writev(iov, batch[i].off); werr != nil {
+			failed, err = batch[i], fmt.Errorf("append journal %s seq=%d-%d: %w", l.name, batch[i].seq, batch[j-1].seq, werr)
+		}
+		i = j
+	}
+
+	l.mu.Lock()
+	var wake []*wentry
+	if failed != nil {
+		wake = l.failLocked(failed, err)
+	} else {
+		for _, e := range batch {
+			if e.epoch == l.epoch {
+				l.s.noteDirty(e.seg)
+				e.done = true
+			}
+		}
+		l.advanceLocked()
+	}
+	var next *wentry
+	if len(l.wq) > 0 {
+		next = l.wq[0]
+	} else {
+		l.writing = false
+	}
+	l.mu.Unlock()
+	for _, e := range batch {
+		if e != w {
+			e.sig <- false
+		}
+	}
+	for _, e := range wake {
+		e.sig <- false
+	}
+	if next != nil {
+		next.sig <- true
+	}
+}
+
+// advanceLocked moves the commit point over the written prefix of the
+// in-flight records, completing their Pendings in order. l.mu held.
+func (l *Log) advanceLocked() {
 	advanced := false
 	for len(l.inflight) > 0 && l.inflight[0].done {
 		e := l.inflight[0]
@@ -121,6 +193,17 @@ func (l *Log) written(w *wentry, g *segment, err error) {
 	if advanced {
 		l.wakeLocked()
 	}
+}
+
+// failLocked handles a failed write: it fails failed and every record
+// after it and rolls the log back. It returns the queued records whose
+// owners wait to be told. l.mu held.
+func (l *Log) failLocked(failed *wentry, err error) []*wentry {
+	l.s.log.Error("journal write failed", logKeyLog, l.name, logKeySeq, failed.seq, logKeyErr, err)
+	wake := l.wq
+	l.wq = nil
+	l.rollbackLocked(failed, err)
+	return wake
 }
 
 // rollbackLocked fails every in-flight record (failed with err, the
@@ -232,20 +315,20 @@ func (l *Log) AppendReceived(ctx context.Context, recs []Record) error {
 		return fmt.Errorf("append received to %s: %w", l.name, err)
 	}
 	ws := make([]*wentry, 0, len(recs))
-	ris := make([]recInfo, 0, len(recs))
+	leads := make([]bool, 0, len(recs))
 	var rerr error
 	for i := range recs {
-		w, ri, err := l.reserveLocked(&recs[i], int64(recs[i].EncodedSize()))
+		w, lead, err := l.reserveLocked(&recs[i], int64(recs[i].EncodedSize()))
 		if err != nil {
 			rerr = err
 			break
 		}
 		ws = append(ws, w)
-		ris = append(ris, ri)
+		leads = append(leads, lead)
 	}
 	l.mu.Unlock()
 	for i, w := range ws {
-		l.write(w, ris[i], &recs[i])
+		l.await(w, leads[i])
 	}
 	if rerr != nil {
 		return fmt.Errorf("append received: %w", rerr)

@@ -61,14 +61,22 @@ type recInfo struct {
 	seg  *segment
 }
 
-// wentry is an appended record whose write has not yet joined the
-// contiguous written prefix of the log.
+// wentry is an appended record from its reservation until it joins the
+// contiguous written prefix of the log. Its owner (the appending
+// goroutine) waits on sig: false once the record is written (or failed),
+// true when it is made the writer of the queue (see writeQueued).
 type wentry struct {
 	seq   uint64
 	sum   uint64
 	epoch uint64
-	done  bool
+	done  bool // written
 	p     *Pending
+
+	seg  *segment
+	off  int64
+	hdr  [HeaderSize]byte
+	data []byte // the caller's, valid until sig says written
+	sig  chan bool
 }
 
 // Log is one disk's change log: a dense, hash-chained sequence of
@@ -97,6 +105,8 @@ type Log struct {
 	bytes     int64
 	segs      []*segment // the log's segments, by first seq; the last is written
 	inflight  []*wentry  // appended records after commitSeq, in seq order
+	wq        []*wentry  // reserved records not yet handed to a writer, in seq order
+	writing   bool       // a goroutine writes the queue (see writeQueued)
 	holds     map[string]uint64
 	notify    chan struct{} // closed and replaced when commitSeq advances or the log rolls back
 	recovery  Recovery

@@ -166,24 +166,19 @@ func (s *Store) openPool() error {
 	return nil
 }
 
-// writeRecord writes the header and data of one record at off with a
-// single pwritev: the data goes from the caller's buffer straight into
-// the page cache.
-func (g *segment) writeRecord(hdr, data []byte, off int64) error {
+// writev writes iov at off with as few pwritev calls as the kernel
+// allows (IOV_MAX buffers each): the data goes from the callers' buffers
+// straight into the page cache.
+func (g *segment) writev(iov [][]byte, off int64) error {
 	rc, err := g.f.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("write segment %s at %d: %w", g.path, off, err)
 	}
-	// Control, not Write: RawConn.Write takes the file's write lock,
-	// which would serialise the log's concurrent pwrites.
+	// Control, not Write: RawConn.Write takes the file's write lock.
 	var werr error
 	err = rc.Control(func(fd uintptr) {
-		iov := [][]byte{hdr, data}
-		if len(data) == 0 {
-			iov = iov[:1]
-		}
 		for len(iov) > 0 {
-			n, e := unix.Pwritev(int(fd), iov, off)
+			n, e := unix.Pwritev(int(fd), iov[:min(len(iov), iovMax)], off)
 			if e == unix.EINTR {
 				continue
 			}
@@ -215,6 +210,9 @@ func (g *segment) writeRecord(hdr, data []byte, off int64) error {
 	}
 	return nil
 }
+
+// iovMax is Linux's limit of buffers per pwritev.
+const iovMax = 1024
 
 // readAt reads exactly len(b) bytes at off; a short file is ErrShort.
 func (g *segment) readAt(b []byte, off int64) error {

@@ -47,12 +47,14 @@ func (s *Store) syncBarrier(ctx context.Context) error {
 
 // syncer serves sync requests in rounds: every request that arrived while
 // the previous round ran shares one fdatasync per written segment (and
-// one badger Sync when metadata changed). After a round it records, in
-// badger and without waiting, how far each log is synced: Store.Log
+// one badger Sync when metadata changed). After a round it records (at
+// most every markEvery, in badger, without syncing it) how far each log
+// is synced: Store.Log
 // treats damage at or below that mark as corruption and past it as a
 // torn tail.
 func (s *Store) syncer() {
 	defer s.wg.Done()
+	var marked time.Time
 	for {
 		s.dmu.Lock()
 		for len(s.syncReqs) == 0 && !s.sclosed {
@@ -69,8 +71,13 @@ func (s *Store) syncer() {
 		s.dmu.Unlock()
 
 		// What is committed now was written, and its segment marked
-		// dirty, before the dirty set is taken below.
-		marks := s.commitMarks()
+		// dirty, before the dirty set is taken below. Marks are saved at
+		// most every markEvery: a badger write after every round would
+		// delay the next round, and a mark behind is safe.
+		var marks map[*Log]uint64
+		if time.Since(marked) >= markEvery {
+			marks = s.commitMarks()
+		}
 		s.dmu.Lock()
 		dirty, dirs := s.dirty, s.dirtyDirs
 		s.dirty, s.dirtyDirs = make(map[*segment]struct{}), make(map[string]struct{})
@@ -89,11 +96,15 @@ func (s *Store) syncer() {
 			r.err = err
 			close(r.done)
 		}
-		if err == nil {
+		if err == nil && marks != nil {
 			s.saveMarks(marks)
+			marked = time.Now()
 		}
 	}
 }
+
+// markEvery is how often the syncer records the logs' sync marks.
+const markEvery = time.Second
 
 // commitMarks returns every open log's commit point.
 func (s *Store) commitMarks() map[*Log]uint64 {
