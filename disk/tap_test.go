@@ -531,3 +531,25 @@ func TestTapJournalENOSPC(t *testing.T) {
 		t.Errorf("store differs from the journal replayed onto zeroes")
 	}
 }
+
+// TestTapHoldsFromOpen checks that a new tap keeps the records it has not
+// checkpointed even when another consumer's hold alone would release
+// them: the apply hold exists from NewTap on.
+func TestTapHoldsFromOpen(t *testing.T) {
+	e := newTapEnv(t, 1<<20, journaltest.Options())
+	tap := newTap(t, e.file, e.log, disk.TapOptions{CheckpointEvery: -1, CheckpointBytes: -1})
+	if got, ok := e.log.Holds()[disk.HoldApply]; !ok || got != 0 {
+		t.Fatalf("apply hold after NewTap = %d, %v; want 0, true", got, ok)
+	}
+	for i := 0; i < 4; i++ {
+		if _, err := tap.WriteAt(bytes.Repeat([]byte{byte(i)}, 4096), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.log.SetHold("replication", e.log.Head()); err != nil {
+		t.Fatal(err)
+	}
+	if base, _ := e.log.Base(); base != 0 {
+		t.Errorf("base after the replication hold = %d, want 0 (the apply hold keeps the records)", base)
+	}
+}
