@@ -365,12 +365,30 @@ func (t *Tap) write(kind journal.Kind, off, length int64, p []byte, mayTrim, fua
 	if length == 0 {
 		return nil
 	}
+	ctx := context.Background()
+	last, err := t.writeGated(ctx, kind, off, length, p, mayTrim, fua)
+	if err != nil {
+		return err
+	}
+	// Wait for the secondary without the gate or the range: Resume and
+	// Cut must not stall behind a secondary that does not answer.
+	if b := t.acker.Load(); b != nil && last != 0 {
+		if err := b.a.WaitAcked(ctx, last); err != nil {
+			t.logger.Debug("acker did not acknowledge", logKeySeq, last, logKeyErr, err)
+		}
+	}
+	return nil
+}
+
+// writeGated is write's part under the gate and the range lock: journal
+// (or, in overflow, track) and store. It returns the last seq journaled,
+// 0 when none.
+func (t *Tap) writeGated(ctx context.Context, kind journal.Kind, off, length int64, p []byte, mayTrim, fua bool) (uint64, error) {
 	t.gate.RLock()
 	defer t.gate.RUnlock()
 	unlock := t.ranges.lock(off, off+length)
 	defer unlock()
 
-	ctx := context.Background()
 	var last uint64
 	for done := int64(0); done < length; {
 		n := length - done
@@ -381,10 +399,10 @@ func (t *Tap) write(kind journal.Kind, off, length int64, p []byte, mayTrim, fua
 		}
 		seq, journaled, err := t.journal(ctx, rec)
 		if err != nil {
-			return fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), rec.Off, rec.Len, err)
+			return last, fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), rec.Off, rec.Len, err)
 		}
 		if !journaled {
-			return t.writeUnjournaled(ctx, kind, off+done, length-done, p[min(done, int64(len(p))):], mayTrim, fua)
+			return last, t.writeUnjournaled(ctx, kind, off+done, length-done, p[min(done, int64(len(p))):], mayTrim, fua)
 		}
 		err = t.storeOp(kind, rec.Off, rec.Len, rec.Data, mayTrim)
 		t.mu.Lock()
@@ -395,22 +413,17 @@ func (t *Tap) write(kind journal.Kind, off, length int64, p []byte, mayTrim, fua
 		t.mu.Unlock()
 		if err != nil {
 			t.logger.Error("store refused a journaled write; repair at next checkpoint", logKeySeq, seq, logKeyErr, err)
-			return fmt.Errorf("tap %s seq=%d: %w", kindName(kind), seq, err)
+			return last, fmt.Errorf("tap %s seq=%d: %w", kindName(kind), seq, err)
 		}
 		last = seq
 		done += n
 	}
 	if fua {
 		if err := t.log.Sync(ctx); err != nil {
-			return fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), off, length, err)
+			return last, fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), off, length, err)
 		}
 	}
-	if b := t.acker.Load(); b != nil && last != 0 {
-		if err := b.a.WaitAcked(ctx, last); err != nil {
-			t.logger.Debug("acker did not acknowledge", logKeySeq, last, logKeyErr, err)
-		}
-	}
-	return nil
+	return last, nil
 }
 
 // journal appends rec and waits for its commit. It reports journaled

@@ -553,3 +553,60 @@ func TestTapHoldsFromOpen(t *testing.T) {
 		t.Errorf("base after the replication hold = %d, want 0 (the apply hold keeps the records)", base)
 	}
 }
+
+// blockingAcker holds every WaitAcked until release is closed.
+type blockingAcker struct {
+	waiting chan uint64
+	release chan struct{}
+}
+
+func (a *blockingAcker) WaitAcked(ctx context.Context, seq uint64) error {
+	a.waiting <- seq
+	<-a.release
+	return nil
+}
+
+// TestTapAckerWaitHoldsNoLocks checks that a write waiting for the
+// secondary's acknowledgement does not hold up Cut, Resume or a write to
+// the same range.
+func TestTapAckerWaitHoldsNoLocks(t *testing.T) {
+	ctx := context.Background()
+	e := newTapEnv(t, 1<<20, journaltest.Options())
+	tap := newTap(t, e.file, e.log, disk.TapOptions{CheckpointEvery: -1})
+	a := &blockingAcker{waiting: make(chan uint64, 4), release: make(chan struct{})}
+	tap.SetAcker(a)
+	done := make(chan error, 1)
+	go func() {
+		_, err := tap.WriteAt([]byte("sync"), 0)
+		done <- err
+	}()
+	if seq := <-a.waiting; seq != 1 {
+		t.Fatalf("acker asked for seq %d, want 1", seq)
+	}
+	tap.SetAcker(nil)
+	finished := make(chan error, 1)
+	go func() {
+		if _, err := disk.Cut(ctx, []*disk.Tap{tap}, []byte("cp")); err != nil {
+			finished <- err
+			return
+		}
+		if err := tap.Resume(ctx); err != nil {
+			finished <- err
+			return
+		}
+		_, err := tap.WriteAt([]byte("next"), 0)
+		finished <- err
+	}()
+	select {
+	case err := <-finished:
+		if err != nil {
+			t.Errorf("Cut, Resume and a write while a write waits for its ack: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("Cut, Resume and a write stalled behind a write waiting for its ack")
+	}
+	close(a.release)
+	if err := <-done; err != nil {
+		t.Errorf("acknowledged write = %v, want nil", err)
+	}
+}
