@@ -142,19 +142,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		cancel()
 	}
 
-	apiLn, err := d.listen(d.opts.API)
+	stopFUSE, err := d.startFUSE(ctx)
 	if err != nil {
-		d.closeAll(context.Background())
-		return fmt.Errorf("api listener: %w", err)
+		fail(err)
 	}
-	d.api = &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := d.api.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fail(fmt.Errorf("api: %w", err))
-		}
-	}()
 
 	d.nbd = nbd.NewServer(exporter{d}, nbd.ServerOptions{Logger: d.log.With("component", "nbd")})
 	for _, spec := range d.opts.NBD {
@@ -186,9 +177,22 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		fail(err)
 	}
 
-	stopFUSE, err := d.startFUSE(ctx)
-	if err != nil {
-		fail(err)
+	// The API socket comes last: once it answers, every listener and the
+	// FUSE mount are up (scripts and tests wait for it).
+	if ctx.Err() == nil {
+		apiLn, err := d.listen(d.opts.API)
+		if err != nil {
+			fail(fmt.Errorf("api listener: %w", err))
+		} else {
+			d.api = &http.Server{Handler: d.apiHandler(), ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := d.api.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+					fail(fmt.Errorf("api: %w", err))
+				}
+			}()
+		}
 	}
 
 	if ctx.Err() == nil {
@@ -199,7 +203,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 
 	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer scancel()
-	d.api.Shutdown(sctx)
+	if d.api != nil {
+		d.api.Shutdown(sctx)
+	}
 	d.nbd.Shutdown(sctx)
 	if d.repl != nil {
 		d.repl.Shutdown(sctx)
