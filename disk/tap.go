@@ -491,8 +491,8 @@ const paceWait = time.Second
 // than twice CheckpointBytes were journaled since the last checkpoint
 // began, the write waits (at most paceWait) for that checkpoint to end.
 // Writes then go at the speed the store can be made durable, and the
-// journal's unreleased tail (and the memory that maps it) stays bounded
-// instead of growing until the journal is full.
+// journal's unreleased tail stays bounded instead of growing until the
+// journal is full.
 func (t *Tap) pace() {
 	if t.opts.CheckpointBytes <= 0 {
 		return
