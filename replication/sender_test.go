@@ -3,7 +3,9 @@ package replication_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -44,9 +46,16 @@ func TestShipUnderConcurrentWrites(t *testing.T) {
 
 func TestInitialSyncWhileWriting(t *testing.T) {
 	src := replicationtest.NewMemSource(diskSize, 0)
-	// Data before protection: the initial sync copies it.
+	// Data before protection: the initial sync copies it. Incompressible,
+	// so that under the bandwidth limit the sync lasts long enough (about
+	// 200 ms) to be seen in progress even on a loaded machine.
+	rng := rand.New(rand.NewPCG(1, 2))
 	for off := int64(0); off < diskSize/2; off += 1 << 20 {
-		src.Write(off, []byte(strings.Repeat("before protection ", 1000)))
+		chunk := make([]byte, 1<<20)
+		for i := 0; i < len(chunk); i += 8 {
+			binary.LittleEndian.PutUint64(chunk[i:], rng.Uint64())
+		}
+		src.Write(off, chunk)
 	}
 	sink := replicationtest.NewMemSink(diskSize)
 	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
