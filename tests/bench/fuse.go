@@ -71,7 +71,7 @@ func benchFUSE(ctx context.Context, env *benchEnv) error {
 	images := map[string]string{}
 	for _, name := range []string{"loop", "nbdfuse", "fusefs", "tandem"} {
 		images[name] = filepath.Join(dir, name+".img")
-		if err := fuseFill(images[name], size); err != nil {
+		if err := fillFile(images[name], size); err != nil {
 			return err
 		}
 	}
@@ -159,25 +159,6 @@ func benchFUSE(ctx context.Context, env *benchEnv) error {
 	}
 	fmt.Printf("worst %s/nbdfuse: %.2fx (target >= 1.00x); loop/file is the limit\n", subject, worst)
 	return nil
-}
-
-// fuseFill writes size bytes of non-zero data.
-func fuseFill(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("create bench image: %w", err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for i := range buf {
-		buf[i] = byte(i*13 + 1)
-	}
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		if _, err := f.WriteAt(buf, off); err != nil {
-			return fmt.Errorf("fill bench image: %w", err)
-		}
-	}
-	return f.Sync()
 }
 
 // waitFile waits until path exists with the given size.
