@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/tandem
 # Debian packages the tests, benchmarks and demo use; installed only when missing.
-DEB_PACKAGES := qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio fuse3 e2fsprogs util-linux iproute2 kmod openssl
+DEB_PACKAGES := qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio fuse3 e2fsprogs util-linux iproute2 kmod openssl curl
 TEST_TIMEOUT ?= 30m
 
 .PHONY: all deps build test unit e2e fuzz bench demo lint clean

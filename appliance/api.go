@@ -27,8 +27,10 @@ import (
 //	POST   /v1/pairs             pair with a token (PairRequest) → PeerInfo
 //	GET    /v1/pairs             the paired sites
 //	DELETE /v1/pairs/{site}      forget a paired site
+//	GET    /metrics              Prometheus metrics of every disk
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metricsHandler())
 	mux.HandleFunc("POST /v1/pair/token", func(w http.ResponseWriter, r *http.Request) {
 		var req TokenRequest
 		if err := readJSON(r, &req); err != nil {

@@ -133,6 +133,16 @@ func TestNBDThroughJournal(t *testing.T) {
 	if di.JournalHead == 0 {
 		t.Fatalf("journal head is 0 after 8 MiB of writes")
 	}
+	// The same figures as Prometheus metrics on the API socket.
+	metrics := mustRun(t, "curl", "-sf", "--unix-socket", filepath.Join(s.data, "api.sock"), "http://tandem/metrics")
+	for _, want := range []string{`tandem_journal_head{disk="vol1",role="primary"}`, `tandem_disk_written_bytes_total{disk="vol1",role="primary"}`, "go_goroutines"} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
+	if strings.Contains(metrics, `tandem_disk_written_bytes_total{disk="vol1",role="primary"} 0`+"\n") {
+		t.Fatalf("metrics count no bytes written after 8 MiB of writes")
+	}
 	s.stop()
 	s.start()
 	mustRun(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, s.uri("vol1"))
