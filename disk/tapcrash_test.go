@@ -7,12 +7,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -183,54 +180,18 @@ func TestTapCrashRecovery(t *testing.T) {
 	}
 	acked := make([]uint64, crashDiskBlocks)
 	for round := 0; round < rounds; round++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), tapCrashEnv+"="+dir)
-		cmd.Stderr = os.Stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		var n int
-		done := make(chan struct{})
-		started := make(chan struct{})
-		go func() {
-			defer close(done)
-			sc := bufio.NewScanner(stdout)
-			for first := true; sc.Scan(); {
-				if first {
-					close(started)
-					first = false
-				}
-				f := strings.Fields(sc.Text())
-				if len(f) != 3 || f[0] != "A" {
-					continue
-				}
-				b, _ := strconv.ParseUint(f[1], 10, 64)
-				g, _ := strconv.ParseUint(f[2], 10, 64)
-				if b < crashDiskBlocks {
-					acked[b] = max(acked[b], g)
-					n++
-				}
+		journaltest.KillChild(t, tapCrashEnv, dir, 600*time.Millisecond, func(f []string) {
+			if len(f) != 3 || f[0] != "A" {
+				return
 			}
-		}()
-		// Kill at a random moment once the child is writing.
-		select {
-		case <-started:
-		case <-done:
-		case <-time.After(30 * time.Second):
-		}
-		time.Sleep(time.Duration(rand.IntN(600)) * time.Millisecond)
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		<-done
-		cmd.Wait()
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
-			t.Fatalf("round %d: child ended by itself instead of being killed", round)
-		}
+			b, _ := strconv.ParseUint(f[1], 10, 64)
+			g, _ := strconv.ParseUint(f[2], 10, 64)
+			if b < crashDiskBlocks {
+				acked[b] = max(acked[b], g)
+				n++
+			}
+		})
 		if n == 0 {
 			t.Fatalf("round %d: child acknowledged nothing before the kill", round)
 		}

@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -130,50 +127,14 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	var lastHead uint64
 	for round := 0; round < rounds; round++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashEnv+"="+dir)
-		cmd.Stderr = os.Stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
 		var maxCommitted uint64
-		lines := make(chan struct{})
-		started := make(chan struct{})
-		go func() {
-			defer close(lines)
-			sc := bufio.NewScanner(stdout)
-			for first := true; sc.Scan(); {
-				if first {
-					close(started)
-					first = false
-				}
-				f := strings.Fields(sc.Text())
-				if len(f) != 2 {
-					continue
-				}
-				seq, _ := strconv.ParseUint(f[1], 10, 64)
-				maxCommitted = max(maxCommitted, seq)
+		journaltest.KillChild(t, crashEnv, dir, 500*time.Millisecond, func(f []string) {
+			if len(f) != 2 {
+				return
 			}
-		}()
-		// Kill at a random moment once the child is appending.
-		select {
-		case <-started:
-		case <-lines:
-		case <-time.After(30 * time.Second):
-		}
-		time.Sleep(time.Duration(rand.IntN(500)) * time.Millisecond)
-		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-			t.Fatalf("round %d: kill child: %v", round, err)
-		}
-		<-lines
-		err = cmd.Wait()
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
-			t.Fatalf("round %d: child ended by itself (%v) instead of being killed", round, err)
-		}
+			seq, _ := strconv.ParseUint(f[1], 10, 64)
+			maxCommitted = max(maxCommitted, seq)
+		})
 		if maxCommitted == 0 {
 			t.Fatalf("round %d: child committed nothing before the kill", round)
 		}
