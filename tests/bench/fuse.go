@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -330,26 +328,5 @@ func fuseFio(ctx context.Context, dir, dev string, l fuseLine, runtime time.Dura
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return 0, 0, fmt.Errorf("fio: %w: %s", err, b)
 	}
-	raw, err := os.ReadFile(out)
-	if err != nil {
-		return 0, 0, fmt.Errorf("fio output: %w", err)
-	}
-	type side struct {
-		BwBytes float64 `json:"bw_bytes"`
-		Iops    float64 `json:"iops"`
-	}
-	var rep struct {
-		Jobs []struct {
-			Read  side `json:"read"`
-			Write side `json:"write"`
-		} `json:"jobs"`
-	}
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		return 0, 0, fmt.Errorf("parse fio output: %w", err)
-	}
-	if len(rep.Jobs) == 0 {
-		return 0, 0, errors.New("fio reported no jobs")
-	}
-	j := rep.Jobs[0]
-	return (j.Read.BwBytes + j.Write.BwBytes) / 1e6, j.Read.Iops + j.Write.Iops, nil
+	return readFioResult(out)
 }

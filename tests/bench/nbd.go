@@ -176,7 +176,13 @@ func runFio(ctx context.Context, dir, sock string, l nbdLine, size int64, runtim
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return 0, 0, fmt.Errorf("fio: %w: %s", err, b)
 	}
-	raw, err := os.ReadFile(out)
+	return readFioResult(out)
+}
+
+// readFioResult reads fio's JSON report at path and returns the first
+// job's MB/s and IOPS, reads and writes added.
+func readFioResult(path string) (float64, float64, error) {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return 0, 0, fmt.Errorf("fio output: %w", err)
 	}
