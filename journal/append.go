@@ -37,7 +37,7 @@ func (l *Log) Append(ctx context.Context, rec Record) (*Pending, error) {
 		l.mu.Unlock()
 		return nil, fmt.Errorf("append journal %s seq=%d: %w (%d of %d bytes)", l.name, rec.Seq, ErrFull, l.bytes, l.s.opts.MaxBytes)
 	}
-	if err := l.s.space.admit(size, false); err != nil {
+	if err := l.s.admit(size, false); err != nil {
 		l.mu.Unlock()
 		return nil, fmt.Errorf("append journal %s seq=%d: %w", l.name, rec.Seq, err)
 	}
@@ -310,7 +310,7 @@ func (l *Log) AppendReceived(ctx context.Context, recs []Record) error {
 	for i := range recs {
 		total += int64(recs[i].EncodedSize())
 	}
-	if err := l.s.space.admit(total, false); err != nil {
+	if err := l.s.admit(total, false); err != nil {
 		l.mu.Unlock()
 		return fmt.Errorf("append received to %s: %w", l.name, err)
 	}

@@ -27,7 +27,7 @@ func (l *Log) SetHold(consumer string, seq uint64) error {
 		return fmt.Errorf("set hold %s on %s: seq %d past head %d", consumer, l.name, seq, head)
 	}
 	l.mu.Unlock()
-	if err := l.s.space.admit(64, true); err != nil {
+	if err := l.s.admit(64, true); err != nil {
 		return fmt.Errorf("set hold %s=%d on %s: %w", consumer, seq, l.name, err)
 	}
 	if err := l.s.db.Update(func(txn *badger.Txn) error {
@@ -137,7 +137,7 @@ func (l *Log) release(upTo uint64) error {
 // appliance keeps a disk's role and state there). It is durable once the
 // journal is next synced.
 func (l *Log) SetMeta(key string, val []byte) error {
-	if err := l.s.space.admit(int64(len(key)+len(val)+64), true); err != nil {
+	if err := l.s.admit(int64(len(key)+len(val)+64), true); err != nil {
 		return fmt.Errorf("set meta %s on %s: %w", key, l.name, err)
 	}
 	if err := l.s.db.Update(func(txn *badger.Txn) error {

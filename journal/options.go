@@ -15,8 +15,9 @@ const (
 	// DefaultSegmentSize is the size at which a log starts a new segment
 	// file.
 	DefaultSegmentSize = 64 << 20
-	// DefaultFreeSegments is how many released segment files the store
-	// keeps for reuse.
+	// DefaultFreeSegments is the least number of released segment files
+	// the store keeps for reuse; by default it keeps as many as one log
+	// may fill (MaxBytes / SegmentSize), if that is more.
 	DefaultFreeSegments = 4
 	// DefaultMemTableSize is badger's memtable size: badger holds names,
 	// bases, holds, sync marks and metadata, all small.
@@ -59,9 +60,13 @@ type Options struct {
 	// SegmentSize is the size at which a log starts a new segment file;
 	// at least two records of MaxData.
 	SegmentSize int64
-	// FreeSegments is how many released segment files are kept for reuse
-	// (overwriting allocated blocks is cheaper than allocating); negative
-	// keeps none.
+	// FreeSegments is how many released segment files are kept for reuse;
+	// negative keeps none, zero is the default: MaxBytes / SegmentSize,
+	// at least DefaultFreeSegments. Overwriting a reused file writes into
+	// pages the page cache already holds and blocks the file system has
+	// already allocated; a new file costs both, several times the copy
+	// itself (see doc.go). The pool gives its space back when the file
+	// system runs short (see Options.MinFreeBytes).
 	FreeSegments int
 	// MemTableSize, NumMemtables, ValueThreshold, BlockCacheSize,
 	// IndexCacheSize, ValueLogFileSize, NumCompactors and
@@ -113,7 +118,9 @@ func (o Options) withDefaults() Options {
 	set(&o.NumCompactors, DefaultNumCompactors)
 	set(&o.NumLevelZeroTables, DefaultNumLevelZeroTables)
 	set64(&o.SegmentSize, DefaultSegmentSize)
-	set(&o.FreeSegments, DefaultFreeSegments)
+	if o.FreeSegments == 0 {
+		o.FreeSegments = int(max(o.MaxBytes/max(o.SegmentSize, 1), DefaultFreeSegments))
+	}
 	if o.FreeSegments < 0 {
 		o.FreeSegments = 0
 	}

@@ -140,6 +140,24 @@ func (s *Store) retire(g *segment) {
 	}
 }
 
+// dropPool deletes the free segment files and returns how many it
+// deleted.
+func (s *Store) dropPool() int {
+	s.poolMu.Lock()
+	defer s.poolMu.Unlock()
+	n := 0
+	for _, p := range s.pool {
+		if err := os.Remove(p); err == nil || errors.Is(err, os.ErrNotExist) {
+			n++
+		}
+	}
+	s.pool = nil
+	if n > 0 {
+		s.log.Info("journal: free segments deleted to make room", "files", n)
+	}
+	return n
+}
+
 // openPool lists the free segments left by an earlier process.
 func (s *Store) openPool() error {
 	dir := filepath.Join(s.dir, segmentsDir, freeDir)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tandem-dr/tandem/journal"
 	"github.com/tandem-dr/tandem/journal/journaltest"
@@ -299,6 +300,7 @@ func hexVal(c rune) int {
 func TestSegmentsReused(t *testing.T) {
 	dir := t.TempDir()
 	opts := journaltest.Options()
+	opts.FreeSegments = 4
 	const size = 256 << 10
 	total := 0
 	for round := 0; round < 3; round++ {
@@ -320,8 +322,8 @@ func TestSegmentsReused(t *testing.T) {
 			t.Errorf("round %d: %d segments hold 5-15 records of %d bytes, want at most 3", round, n, size)
 		}
 		free, _ := filepath.Glob(filepath.Join(dir, "segments", "free", "*.seg"))
-		if len(free) == 0 || len(free) > journal.DefaultFreeSegments {
-			t.Errorf("round %d: %d free segments, want 1 to %d", round, len(free), journal.DefaultFreeSegments)
+		if len(free) == 0 || len(free) > opts.FreeSegments {
+			t.Errorf("round %d: %d free segments, want 1 to %d", round, len(free), opts.FreeSegments)
 		}
 		base, _ := l.Base()
 		checkRecords(t, l, int(l.Head()-base), size)
@@ -396,4 +398,46 @@ func FuzzSegmentScan(f *testing.F) {
 			t.Errorf("append after recovery got seq %d, want %d", seq, len(recs)+1)
 		}
 	})
+}
+
+// TestFreeSegmentsYieldSpace: the pool of released segment files keeps
+// their space for reuse only while the file system has room; an append
+// that the reserve would refuse first deletes the pool, and then goes on.
+func TestFreeSegmentsYieldSpace(t *testing.T) {
+	dir := t.TempDir()
+	opts := journaltest.Options()
+	opts.MinFreeBytes = 100 << 20
+	pooled := func() int {
+		free, _ := filepath.Glob(filepath.Join(dir, "segments", "free", "*.seg"))
+		return len(free)
+	}
+	// The file system has room only once the pool is gone.
+	opts.FreeSpace = func(string) (int64, error) {
+		if pooled() > 0 {
+			return 50 << 20, nil
+		}
+		return 1 << 30, nil
+	}
+	if d := opts; d.FreeSegments != 0 {
+		t.Fatalf("journaltest options set FreeSegments %d; the test wants the default", d.FreeSegments)
+	}
+	s := journaltest.Open(t, dir, opts)
+	l := journaltest.Log(t, s, "d")
+	const size = 1 << 20
+	writeN(t, l, 15, size) // five segments of three records
+	if err := l.SetHold("apply", l.Committed()-1); err != nil {
+		t.Fatal(err)
+	}
+	if n := pooled(); n < 4 {
+		t.Fatalf("%d free segments after releasing four full ones, want at least 4 (the default pool)", n)
+	}
+	time.Sleep(10 * time.Millisecond) // past the guard's cached statfs
+	writeN(t, l, 1, size)
+	if n := pooled(); n != 0 {
+		t.Errorf("%d free segments after an append the reserve refused, want the pool deleted", n)
+	}
+	base, _ := l.Base()
+	if got := l.Head() - base; got != 2 {
+		t.Errorf("%d records kept, want 2", got)
+	}
 }

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"syscall"
@@ -61,6 +62,25 @@ func (g *spaceGuard) admit(n int64, small bool) error {
 	}
 	g.since += n
 	return nil
+}
+
+// stale makes the next admit stat the file system again.
+func (g *spaceGuard) stale() {
+	g.mu.Lock()
+	g.statted = time.Time{}
+	g.mu.Unlock()
+}
+
+// admit is the space guard's admit, except that before refusing for
+// want of space it gives the free segment pool's space back to the file
+// system and asks again: reuse saves time, never space a write needs.
+func (s *Store) admit(n int64, small bool) error {
+	err := s.space.admit(n, small)
+	if err == nil || !errors.Is(err, syscall.ENOSPC) || s.dropPool() == 0 {
+		return err
+	}
+	s.space.stale()
+	return s.space.admit(n, small)
 }
 
 // statfsAvail is the bytes available to unprivileged users on dir's file
