@@ -67,6 +67,11 @@ func (l *Log) reserveLocked(rec *Record, size int64) (w *wentry, lead bool, err 
 		}
 		g = ng
 		l.segs = append(l.segs, g)
+		if l.direct {
+			if err := g.openDirect(); err != nil {
+				l.s.log.Warn("journal: writing through the page cache", logKeyLog, l.name, logKeyErr, err)
+			}
+		}
 	}
 	w = &wentry{
 		seq: rec.Seq, sum: rec.Sum, epoch: l.epoch,
@@ -139,7 +144,14 @@ func (l *Log) writeQueued(w *wentry) {
 				iov = append(iov, e.data)
 			}
 		}
-		if werr := batch[i].seg.writev(iov, batch[i].off); werr != nil {
+		g := batch[i].seg
+		var werr error
+		if g.dw != nil {
+			werr = g.writeDirect(iov, batch[i].off, &l.dbuf)
+		} else {
+			werr = g.writev(iov, batch[i].off)
+		}
+		if werr != nil {
 			failed, err = batch[i], fmt.Errorf("append journal %s seq=%d-%d: %w", l.name, batch[i].seq, batch[j-1].seq, werr)
 		}
 		i = j
@@ -305,6 +317,16 @@ func (l *Log) AppendReceived(ctx context.Context, recs []Record) error {
 			return fmt.Errorf("append received to %s: %w", l.name, err)
 		}
 		seq, prev = r.Seq, r.Sum
+	}
+	if !l.direct {
+		// Received records are the secondary's retention: written once,
+		// read rarely, so they bypass the page cache (see direct.go).
+		l.direct = true
+		if n := len(l.segs); n > 0 && !l.writing { // nobody writes it meanwhile
+			if err := l.segs[n-1].openDirect(); err != nil {
+				l.s.log.Warn("journal: writing through the page cache", logKeyLog, l.name, logKeyErr, err)
+			}
+		}
 	}
 	var total int64
 	for i := range recs {

@@ -107,6 +107,8 @@ type Log struct {
 	inflight  []*wentry  // appended records after commitSeq, in seq order
 	wq        []*wentry  // reserved records not yet handed to a writer, in seq order
 	writing   bool       // a goroutine writes the queue (see writeQueued)
+	direct    bool       // segments are written with direct I/O (see direct.go)
+	dbuf      []byte     // the writer's aligned buffer for direct I/O
 	holds     map[string]uint64
 	notify    chan struct{} // closed and replaced when commitSeq advances or the log rolls back
 	recovery  Recovery
@@ -187,6 +189,7 @@ func (l *Log) closeFiles() (uint64, error) {
 		if err := fdatasync(g.f); err != nil && first == nil {
 			first = err
 		}
+		g.closeDirect()
 		_ = g.f.Close()
 	}
 	l.segs = nil

@@ -35,9 +35,10 @@ type segment struct {
 	first uint64 // seq of its first record
 	path  string
 	f     *os.File
-	end   int64 // offset after the last reserved record
-	refs  int   // readers that pinned it
-	dead  bool  // no longer part of the log: retire when refs is 0
+	end   int64         // offset after the last reserved record
+	refs  int           // readers that pinned it
+	dead  bool          // no longer part of the log: retire when refs is 0
+	dw    *directWriter // set when its log writes it with direct I/O
 }
 
 func segName(first uint64) string { return fmt.Sprintf("%016x%s", first, segExt) }
@@ -124,6 +125,7 @@ func (s *Store) newSegment(id uint32, first uint64) (*segment, error) {
 // retire closes g's file and moves it to the free pool, or deletes it
 // when the pool is full. The caller made sure nobody uses g any more.
 func (s *Store) retire(g *segment) {
+	g.closeDirect()
 	_ = g.f.Close()
 	s.poolMu.Lock()
 	defer s.poolMu.Unlock()
