@@ -18,34 +18,10 @@ import (
 // started, even if they are released meanwhile; records committed after
 // it started are not included.
 func (l *Log) ReadFrom(ctx context.Context, from uint64, fn func(Record) error) error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return fmt.Errorf("read journal %s: %w", l.name, ErrClosed)
+	snap, prev, pinned, err := l.snapshot(from)
+	if err != nil || len(snap) == 0 {
+		return err
 	}
-	base, baseSum := l.base, l.baseSum
-	if from == 0 {
-		from = base + 1
-	}
-	if from <= base {
-		l.mu.Unlock()
-		return fmt.Errorf("read journal %s from %d: %w (released up to %d)", l.name, from, ErrReleased, base)
-	}
-	if from > l.commitSeq {
-		l.mu.Unlock()
-		return nil // nothing at or after from yet
-	}
-	// The slice of committed records never changes in place: releases
-	// move recs0, appends and rollbacks touch only what follows commitSeq.
-	i0 := l.recs0 + int(from-base-1)
-	i1 := l.recs0 + int(l.commitSeq-base)
-	snap := l.recs[i0:i1:i1]
-	prev := baseSum
-	if i0 > l.recs0 {
-		prev = l.recs[i0-1].sum
-	}
-	pinned := l.pinLocked(snap[0].seg)
-	l.mu.Unlock()
 	defer l.unpin(pinned)
 
 	buf := make([]byte, 0, HeaderSize+4096)
@@ -72,6 +48,100 @@ func (l *Log) ReadFrom(ctx context.Context, from uint64, fn func(Record) error) 
 	return nil
 }
 
+// viewChunk bounds one read of ReadViews, and so its buffer.
+const viewChunk = 4 << 20
+
+// ReadViews is ReadFrom without its copies, for a reader that only passes
+// the records on (the replication sender): after the first record (read
+// alone, for readers that want just one), records that lie back to back
+// in a segment are read with one pread into a buffer ReadViews reuses,
+// each is verified against the chain, and fn gets a Record whose Data
+// aliases that buffer: fn may keep neither after it returns. Errors are
+// ReadFrom's.
+func (l *Log) ReadViews(ctx context.Context, from uint64, fn func(Record) error) error {
+	snap, prev, pinned, err := l.snapshot(from)
+	if err != nil || len(snap) == 0 {
+		return err
+	}
+	defer l.unpin(pinned)
+
+	var buf []byte
+	single := false // after a failed run: read its records one by one
+	for i := 0; i < len(snap); {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		// The run: records back to back in one segment, one read.
+		j, size := i+1, snap[i].size
+		for !single && i > 0 && j < len(snap) && snap[j].seg == snap[i].seg && snap[j].off == snap[j-1].off+snap[j-1].size &&
+			size+snap[j].size <= viewChunk {
+			size += snap[j].size
+			j++
+		}
+		if int64(cap(buf)) < size {
+			buf = make([]byte, size)
+		}
+		p := buf[:size]
+		if err := snap[i].seg.readAt(p, snap[i].off); err != nil {
+			if j > i+1 {
+				single = true // name the first record that cannot be read
+				continue
+			}
+			if errors.Is(err, ErrShort) {
+				err = fmt.Errorf("%w: %w", ErrCorrupt, err)
+			}
+			return fmt.Errorf("read journal %s seq=%d: %w", l.name, snap[i].seq, err)
+		}
+		for _, ri := range snap[i:j] {
+			rec, err := viewRecord(ri, p[:ri.size])
+			if err == nil {
+				err = rec.Verify(prev)
+			}
+			if err != nil {
+				return fmt.Errorf("read journal %s seq=%d: %w", l.name, ri.seq, err)
+			}
+			if err := fn(rec); err != nil {
+				return err
+			}
+			prev = rec.Sum
+			p = p[ri.size:]
+		}
+		i = j
+	}
+	return nil
+}
+
+// snapshot returns the committed records from seq from onwards (none when
+// from is past the commit point), the sum they follow, and their segments
+// pinned: the caller unpins them.
+func (l *Log) snapshot(from uint64) (snap []recInfo, prev uint64, pinned []*segment, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, 0, nil, fmt.Errorf("read journal %s: %w", l.name, ErrClosed)
+	}
+	base, baseSum := l.base, l.baseSum
+	if from == 0 {
+		from = base + 1
+	}
+	if from <= base {
+		return nil, 0, nil, fmt.Errorf("read journal %s from %d: %w (released up to %d)", l.name, from, ErrReleased, base)
+	}
+	if from > l.commitSeq {
+		return nil, 0, nil, nil // nothing at or after from yet
+	}
+	// The slice of committed records never changes in place: releases
+	// move recs0, appends and rollbacks touch only what follows commitSeq.
+	i0 := l.recs0 + int(from-base-1)
+	i1 := l.recs0 + int(l.commitSeq-base)
+	snap = l.recs[i0:i1:i1]
+	prev = baseSum
+	if i0 > l.recs0 {
+		prev = l.recs[i0-1].sum
+	}
+	return snap, prev, l.pinLocked(snap[0].seg), nil
+}
+
 // readRecord reads and decodes the record ri describes into buf (of
 // ri.size bytes); the returned Data is a copy.
 func (l *Log) readRecord(ri recInfo, buf []byte) (Record, error) {
@@ -81,7 +151,17 @@ func (l *Log) readRecord(ri recInfo, buf []byte) (Record, error) {
 		}
 		return Record{}, err
 	}
-	rec, n, err := DecodeRecord(buf)
+	rec, err := viewRecord(ri, buf)
+	if err == nil && len(rec.Data) > 0 {
+		rec.Data = append([]byte(nil), rec.Data...)
+	}
+	return rec, err
+}
+
+// viewRecord decodes the record ri describes from its stored bytes b
+// (ri.size of them); the returned Data aliases b.
+func viewRecord(ri recInfo, b []byte) (Record, error) {
+	rec, n, err := decodeView(b)
 	if errors.Is(err, ErrShort) {
 		return Record{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}

@@ -137,7 +137,8 @@ func (s *Source) Head(ctx context.Context) (replication.Position, error) {
 // regions are not cleared yet.
 func (s *Source) NeedsResync() bool { return s.tap.NeedsResync() }
 
-// ReadFrom calls fn with the committed records from seq from onwards.
+// ReadFrom calls fn with the committed records from seq from onwards,
+// verified, as views (see journal.Log.ReadViews): fn keeps nothing.
 // Released records, and records after a gap of unjournaled writes that no
 // planned sync covers, are refused with an error wrapping
 // replication.ErrTruncated (and journal.ErrReleased when released).
@@ -145,7 +146,7 @@ func (s *Source) ReadFrom(ctx context.Context, from uint64, fn func(journal.Reco
 	if s.tap.NeedsResync() && !s.covered(from) {
 		return fmt.Errorf("read journal %s from seq=%d: writes not journaled since: %w", s.log.Name(), from, replication.ErrTruncated)
 	}
-	err := s.log.ReadFrom(ctx, from, fn)
+	err := s.log.ReadViews(ctx, from, fn) // fn keeps nothing: no copies
 	if errors.Is(err, journal.ErrReleased) {
 		return fmt.Errorf("%w: %w", replication.ErrTruncated, err)
 	}

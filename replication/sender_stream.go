@@ -327,12 +327,9 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		if r.Seq != want {
 			return fmt.Errorf("source gave seq=%d, want %d", r.Seq, want)
 		}
-		// A damaged record is never shipped: shipping holds before it. A
-		// sound record that does not follow the secondary's head means
-		// the histories differ.
-		if err := r.Verify(r.PrevSum); err != nil {
-			return err
-		}
+		// The source verified r (a damaged record is never shipped:
+		// shipping holds before it). A sound record that does not follow
+		// the secondary's head means the histories differ.
 		if r.PrevSum != prev.Sum {
 			return fmt.Errorf("%w: record seq=%d follows sum %016x, the secondary holds %016x", ErrDiverged, r.Seq, r.PrevSum, prev.Sum)
 		}

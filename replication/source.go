@@ -65,7 +65,9 @@ type Source interface {
 	// is no longer kept (and from is not past the head) it returns an
 	// error wrapping ErrTruncated or journal.ErrReleased without calling
 	// fn; the Sender then resyncs. fn may keep neither the record's Data
-	// nor the record after it returns.
+	// nor the record after it returns. Each record is verified (its sums,
+	// against the sum it follows) before fn gets it: a damaged record
+	// stops the reading with an error wrapping journal.ErrCorrupt.
 	ReadFrom(ctx context.Context, from uint64, fn func(journal.Record) error) error
 
 	// NeedsResync reports whether the disk holds writes that no kept

@@ -137,6 +137,7 @@ func (s *Sender) recordAt(ctx context.Context, seq uint64) (r journal.Record, ok
 	err = s.src.ReadFrom(ctx, seq, func(rec journal.Record) error {
 		if rec.Seq == seq {
 			r, ok = rec, true
+			r.Data = nil // a view, valid only here
 		}
 		return errStop
 	})

@@ -171,6 +171,10 @@ func (m *MemSource) ReadFrom(ctx context.Context, from uint64, fn func(journal.R
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		// As a journal does, a damaged record stops the reading.
+		if err := r.Verify(r.PrevSum); err != nil {
+			return fmt.Errorf("read seq=%d: %w", r.Seq, err)
+		}
 		if err := fn(r); err != nil {
 			return err
 		}
