@@ -84,6 +84,22 @@ func EncodeFrame(typ uint8, payload []byte, compress bool) []byte {
 	return append([]byte(nil), b...)
 }
 
+// EncodeFrameInPlace is EncodeFrame by way of encodeInPlace: the payload
+// is copied after header room first, as the sender builds it.
+func EncodeFrameInPlace(typ uint8, payload []byte, compress bool) []byte {
+	fw, err := newFrameWriter(io.Discard, compress)
+	if err != nil {
+		panic(err)
+	}
+	defer fw.close()
+	buf := append(make([]byte, frameHeaderSize), payload...)
+	b, err := fw.encodeInPlace(frameType(typ), buf)
+	if err != nil {
+		panic(err)
+	}
+	return append([]byte(nil), b...)
+}
+
 // EncodeHello is a Hello payload.
 func EncodeHello(disk string, size int64, minV, maxV uint16) []byte {
 	return helloMsg{MinVersion: minV, MaxVersion: maxV, Disk: disk, Size: size}.encode()

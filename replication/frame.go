@@ -223,47 +223,76 @@ func (fw *frameWriter) encode(typ frameType, payload []byte) ([]byte, error) {
 	if len(payload) > MaxFramePayload {
 		return nil, fmt.Errorf("encode %s: payload %d bytes over %d", typ, len(payload), MaxFramePayload)
 	}
+	if out, ok := fw.compress(typ, payload); ok {
+		return out, nil
+	}
 	out := fw.out[:0]
 	if cap(out) < frameHeaderSize+len(payload) {
 		out = make([]byte, 0, frameHeaderSize+len(payload)+len(payload)/8)
 	}
-	out = out[:frameHeaderSize]
-	var flags byte
-	body := payload
-	if fw.zenc != nil && len(payload) >= 512 && (typ == frameRecords || typ == frameRegion) {
-		if fw.skip > 0 {
-			fw.skip--
-		} else {
-			out = fw.zenc.EncodeAll(payload, out)
-			n := len(out) - frameHeaderSize
-			if n <= len(payload)-len(payload)/4 {
-				fw.backoff = 0
-			} else {
-				fw.backoff = min(max(2*fw.backoff, 1), maxSkip)
-				fw.skip = fw.backoff
-			}
-			if n < len(payload) {
-				flags = flagZstd
-				body = out[frameHeaderSize:]
-			} else {
-				out = out[:frameHeaderSize]
-			}
-		}
+	out = append(out[:frameHeaderSize], payload...)
+	fw.out = out
+	putFrameHeader(out, typ, 0, len(payload))
+	return out, nil
+}
+
+// encodeInPlace is encode for a payload built after frameHeaderSize bytes
+// of room at the start of buf: unless it compresses the payload (into
+// fw.out), it writes the header into that room and returns buf, so the
+// payload is not copied.
+func (fw *frameWriter) encodeInPlace(typ frameType, buf []byte) ([]byte, error) {
+	payload := buf[frameHeaderSize:]
+	if len(payload) > MaxFramePayload {
+		return nil, fmt.Errorf("encode %s: payload %d bytes over %d", typ, len(payload), MaxFramePayload)
 	}
-	if flags == 0 {
-		out = append(out, payload...)
-		body = out[frameHeaderSize:]
+	if out, ok := fw.compress(typ, payload); ok {
+		return out, nil
 	}
-	h := out[:frameHeaderSize]
+	putFrameHeader(buf, typ, 0, len(payload))
+	return buf, nil
+}
+
+// compress returns the frame of payload compressed, in fw.out, when the
+// writer compresses, the frame type is one it compresses and it pays.
+func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
+	if fw.zenc == nil || len(payload) < 512 || (typ != frameRecords && typ != frameRegion) {
+		return nil, false
+	}
+	if fw.skip > 0 {
+		fw.skip--
+		return nil, false
+	}
+	out := fw.out[:0]
+	if cap(out) < frameHeaderSize+len(payload) {
+		out = make([]byte, 0, frameHeaderSize+len(payload)+len(payload)/8)
+	}
+	out = fw.zenc.EncodeAll(payload, out[:frameHeaderSize])
+	fw.out = out
+	n := len(out) - frameHeaderSize
+	if n <= len(payload)-len(payload)/4 {
+		fw.backoff = 0
+	} else {
+		fw.backoff = min(max(2*fw.backoff, 1), maxSkip)
+		fw.skip = fw.backoff
+	}
+	if n >= len(payload) {
+		return nil, false
+	}
+	putFrameHeader(out, typ, flagZstd, len(payload))
+	return out, true
+}
+
+// putFrameHeader writes the header of the frame in f (header, then the
+// wire payload) whose payload is rawLen bytes before compression.
+func putFrameHeader(f []byte, typ frameType, flags byte, rawLen int) {
+	h, body := f[:frameHeaderSize], f[frameHeaderSize:]
 	binary.BigEndian.PutUint16(h[0:], frameMagic)
 	h[2] = byte(typ)
 	h[3] = flags
 	binary.BigEndian.PutUint32(h[4:], uint32(len(body)))
-	binary.BigEndian.PutUint32(h[8:], uint32(len(payload)))
+	binary.BigEndian.PutUint32(h[8:], uint32(rawLen))
 	crc := crc32.Update(crc32.Checksum(h[:12], castagnoli), castagnoli, body)
 	binary.BigEndian.PutUint32(h[12:], crc)
-	fw.out = out
-	return out, nil
 }
 
 // write encodes and writes one frame, returning the bytes put on the wire.

@@ -90,6 +90,11 @@ func (w *streamer) send(ctx context.Context, typ frameType, payload []byte, raw 
 	if err != nil {
 		return err
 	}
+	return w.sendFrame(ctx, typ, b, raw)
+}
+
+// sendFrame waits for the bandwidth limit and writes the encoded frame b.
+func (w *streamer) sendFrame(ctx context.Context, typ frameType, b []byte, raw int) error {
 	if err := w.lim.wait(ctx, len(b)); err != nil {
 		return err
 	}
@@ -317,7 +322,10 @@ func (w *streamer) wait(ctx context.Context, seq uint64, deadline time.Time) err
 // one frame. It returns the number of records sent.
 func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	s := w.s
-	buf := append(w.buf[:0], 0, 0, 0, 0)
+	// The frame header's room, then the payload: the record count and
+	// the records, encoded in place (see encodeInPlace).
+	var room [frameHeaderSize + 4]byte
+	buf := append(w.buf[:0], room[:]...)
 	count, dataBytes := 0, 0
 	var first time.Time
 	track := w.track[:0]
@@ -379,7 +387,7 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	if count == 0 {
 		return 0, nil
 	}
-	binary.BigEndian.PutUint32(buf[0:], uint32(count))
+	binary.BigEndian.PutUint32(buf[frameHeaderSize:], uint32(count))
 	s.mu.Lock()
 	s.st.diverged = false
 	s.st.inflight = append(s.st.inflight, batchMeta{last: want - 1, first: first, bytes: uint64(dataBytes)})
@@ -389,7 +397,11 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		s.tracker.add(track)
 	}
 	s.mu.Unlock()
-	if err := w.send(ctx, frameRecords, buf, dataBytes); err != nil {
+	frame, err := w.fw.encodeInPlace(frameRecords, buf)
+	if err != nil {
+		return 0, err
+	}
+	if err := w.sendFrame(ctx, frameRecords, frame, dataBytes); err != nil {
 		return 0, err
 	}
 	*next = want
