@@ -119,6 +119,10 @@ func DecodeRecord(b []byte) (Record, int, error) {
 	return r, n, err
 }
 
+// DecodeRecordView is DecodeRecord without the copy: the returned Data
+// aliases b, so b must not change while the record is in use.
+func DecodeRecordView(b []byte) (Record, int, error) { return decodeView(b) }
+
 // decodeView is DecodeRecord without the copy: the returned Data aliases b.
 func decodeView(b []byte) (Record, int, error) {
 	if len(b) < HeaderSize {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -71,9 +72,10 @@ var (
 // frame is one decoded frame. payload is owned by the frameReader and
 // valid until its next call to next.
 type frame struct {
-	typ     frameType
-	payload []byte
-	wire    int // bytes on the wire, header included
+	typ        frameType
+	payload    []byte
+	wire       int  // bytes on the wire, header included
+	compressed bool // payload was decompressed (into frameReader.raw)
 }
 
 // frameReader reads frames from a connection, checking each one's CRC and
@@ -83,6 +85,52 @@ type frameReader struct {
 	buf  []byte // wire payload
 	raw  []byte // decompressed payload
 	zdec *zstd.Decoder
+
+	// Payload buffers the caller took (take) and gave back (recycle), for
+	// the next frames; recycle may be called from another goroutine.
+	fmu  sync.Mutex
+	free [][]byte
+}
+
+// maxFreeBuffers bounds the buffers a frameReader keeps for reuse.
+const maxFreeBuffers = 8
+
+// take hands the caller the buffer that holds the payload of f, the frame
+// next returned last: the frameReader reads the next frames into other
+// buffers. The caller may give it back with recycle once done with it.
+func (fr *frameReader) take(f frame) []byte {
+	var b []byte
+	if f.compressed {
+		b, fr.raw = fr.raw, nil
+	} else {
+		b, fr.buf = fr.buf, nil
+	}
+	return b
+}
+
+// recycle gives back buffers taken with take.
+func (fr *frameReader) recycle(bufs [][]byte) {
+	fr.fmu.Lock()
+	defer fr.fmu.Unlock()
+	for _, b := range bufs {
+		if len(fr.free) < maxFreeBuffers && b != nil {
+			fr.free = append(fr.free, b[:0])
+		}
+	}
+}
+
+// reuse returns a recycled buffer, or nil when there is none.
+func (fr *frameReader) reuse() []byte {
+	fr.fmu.Lock()
+	defer fr.fmu.Unlock()
+	n := len(fr.free)
+	if n == 0 {
+		return nil
+	}
+	b := fr.free[n-1]
+	fr.free[n-1] = nil
+	fr.free = fr.free[:n-1]
+	return b
 }
 
 func newFrameReader(r io.Reader) *frameReader {
@@ -140,6 +188,9 @@ func (fr *frameReader) next() (frame, error) {
 			}
 			fr.zdec = d
 		}
+		if fr.raw == nil {
+			fr.raw = fr.reuse()
+		}
 		if cap(fr.raw) < int(rawN) {
 			fr.raw = make([]byte, 0, rawN)
 		}
@@ -150,7 +201,7 @@ func (fr *frameReader) next() (frame, error) {
 		if len(out) != int(rawN) {
 			return frame{}, fmt.Errorf("%w: %s decompressed to %d bytes, header says %d", ErrBadFrame, typ, len(out), rawN)
 		}
-		f.payload = out
+		f.payload, f.compressed = out, true
 	}
 	return f, nil
 }
@@ -159,6 +210,9 @@ func (fr *frameReader) next() (frame, error) {
 // that actually arrive, not with what the header announces, so a lying
 // header costs no more memory than the data sent.
 func (fr *frameReader) readPayload(n int) error {
+	if fr.buf == nil {
+		fr.buf = fr.reuse()
+	}
 	fr.buf = fr.buf[:0]
 	for len(fr.buf) < n {
 		have := len(fr.buf)

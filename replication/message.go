@@ -430,6 +430,15 @@ func decodeVerifyResp(p []byte) (verifyRespMsg, error) {
 // decodeRecords decodes a records frame into recs (reused), checking only
 // structure; the receiver checks order and chain.
 func decodeRecords(p []byte, recs []journal.Record) ([]journal.Record, error) {
+	return decodeRecordsWith(p, recs, journal.DecodeRecord)
+}
+
+// decodeRecordViews is decodeRecords with each record's Data aliasing p.
+func decodeRecordViews(p []byte, recs []journal.Record) ([]journal.Record, error) {
+	return decodeRecordsWith(p, recs, journal.DecodeRecordView)
+}
+
+func decodeRecordsWith(p []byte, recs []journal.Record, decode func([]byte) (journal.Record, int, error)) ([]journal.Record, error) {
 	d := dec{b: p, typ: frameRecords}
 	n := d.u32()
 	if d.err != nil {
@@ -440,7 +449,7 @@ func decodeRecords(p []byte, recs []journal.Record) ([]journal.Record, error) {
 	}
 	b := d.b
 	for i := uint32(0); i < n; i++ {
-		r, used, err := journal.DecodeRecord(b)
+		r, used, err := decode(b)
 		if err != nil {
 			return recs, fmt.Errorf("%w: records: record %d of %d: %v", ErrBadFrame, i, n, err)
 		}

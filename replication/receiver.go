@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/tandem-dr/tandem/journal"
@@ -16,6 +17,7 @@ import (
 // one AppendReceived while more are already buffered, up to these.
 const (
 	groupMaxBytes    = 32 << 20
+	streamMaxBytes   = 16 << 20 // a group of the pipelined path (two may be in memory)
 	groupMaxRecords  = 64 << 10
 	progressEvery    = 16 << 20 // region bytes between SyncProgress calls
 	ackEveryInterval = 250 * time.Millisecond
@@ -43,6 +45,15 @@ type receiver struct {
 	lastAck      time.Time
 	vbuf         []byte
 	committed    uint64 // ID of the last sync committed on this connection
+
+	// The pipelined path of a streaming connection (see stream.go): cur
+	// is the group being received; the appender goroutine appends the
+	// one before it meanwhile.
+	cur      *group
+	work     chan *group
+	results  chan error
+	busy     bool // a group was handed over and its result not yet taken
+	appender sync.WaitGroup
 }
 
 // refusal is an error the receiver reports to the primary with an error
@@ -58,19 +69,42 @@ func (r *refusal) Unwrap() error { return r.err }
 func refuse(code uint16, err error) error { return &refusal{code: code, err: err} }
 
 // run serves frames until the connection ends or a frame is refused.
-func (r *receiver) run(ctx context.Context) error {
+func (r *receiver) run(ctx context.Context) (err error) {
 	r.next = r.st.Head
 	if r.st.Sync != nil {
 		r.copyEnd = r.st.Sync.CopiedThrough
 		r.progressed = r.copyEnd
 	}
+	r.startAppender(ctx)
+	defer func() {
+		if aerr := r.stopAppender(); aerr != nil {
+			err = aerr // the appender's refusal is the cause
+		}
+	}()
 	for {
+		// Never wait for the network with received records unappended:
+		// the primary may be waiting for their acknowledgement.
+		if r.cur != nil && !r.fr.buffered() {
+			if err := r.handOver(); err != nil {
+				return err
+			}
+		}
 		_ = r.conn.SetReadDeadline(time.Now().Add(r.timeout))
 		f, err := r.fr.next()
 		if err != nil {
 			if errors.Is(err, ErrBadFrame) {
 				return refuse(errCodeProtocol, err)
 			}
+			return err
+		}
+		if f.typ == frameRecords && r.streaming() {
+			if err := r.onStreamRecords(f); err != nil {
+				return err
+			}
+			continue
+		}
+		// Anything else sees every record before it durable.
+		if err := r.drain(); err != nil {
 			return err
 		}
 		if f.typ != frameRecords {

@@ -70,9 +70,9 @@ type Sink interface {
 	// AppendReceived appends records to the journal. recs follow the
 	// head with no gap and their chain has been verified. When it
 	// returns nil they are durable. Outside a sync, the consistent point
-	// moves to the last of them. The sink may keep the records' Data
-	// (the receiver never reuses it) but not the slice recs, which the
-	// receiver reuses.
+	// moves to the last of them. The sink may keep neither the slice
+	// recs nor the records' Data after it returns: the receiver decodes
+	// records in place in its frame buffers and reuses them.
 	AppendReceived(ctx context.Context, recs []journal.Record) error
 
 	// BeginSync starts a sync, durably, discarding any sync in progress

@@ -1,6 +1,7 @@
 package replicationtest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -71,6 +72,7 @@ func (s *MemSink) AppendReceived(ctx context.Context, recs []journal.Record) err
 		}
 	}
 	for _, r := range recs {
+		r.Data = bytes.Clone(r.Data) // the receiver reuses its buffers
 		if r.Seq != s.state.Head.Seq+1 || r.PrevSum != s.state.Head.Sum {
 			s.gaps = append(s.gaps, fmt.Sprintf("record seq=%d after head seq=%d", r.Seq, s.state.Head.Seq))
 			return fmt.Errorf("memsink: record seq=%d does not follow head seq=%d", r.Seq, s.state.Head.Seq)

@@ -1,0 +1,149 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tandem-dr/tandem/journal"
+)
+
+// The receiver's pipelined path. While the replica is streaming (no sync
+// in progress), records frames are decoded in place, verified and
+// gathered into a group, and a group goes to the appender goroutine,
+// which appends it to the sink, durably, and acknowledges it, while the
+// receiver already reads, decrypts and verifies the next one. A group is
+// handed over when it is full or when nothing more is buffered, so a
+// record never waits for the network; handing over waits for the group
+// before it, which is the pipeline's backpressure. Every other frame
+// (and every record during a sync) first waits until the appender is
+// idle (drain) and is then served as before, in order.
+
+// group is a run of verified records on their way to the sink, and the
+// frame buffers their Data aliases.
+type group struct {
+	recs  []journal.Record
+	bytes int
+	bufs  [][]byte
+	next  Position // the chain position after the group
+}
+
+// streaming reports whether records frames take the pipelined path.
+func (r *receiver) streaming() bool {
+	return r.st.Sync == nil && r.st.Initialized && len(r.pending) == 0
+}
+
+// onStreamRecords decodes a records frame in place and verifies that it
+// follows the chain with no gap; only then does it join the current
+// group. A bad frame refuses the connection: nothing of it is appended
+// (the groups before it are sound, and may be).
+func (r *receiver) onStreamRecords(f frame) error {
+	g := r.cur
+	if g == nil {
+		g = &group{next: r.next}
+		r.cur = g
+	}
+	n0 := len(g.recs)
+	recs, err := decodeRecordViews(f.payload, g.recs)
+	if err != nil {
+		g.recs = g.recs[:n0]
+		return refuse(errCodeCorrupt, err)
+	}
+	next, bytes := g.next, 0
+	for i := n0; i < len(recs); i++ {
+		rec := &recs[i]
+		if rec.Seq != next.Seq+1 {
+			g.recs = recs[:n0]
+			return refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d, want seq=%d", journal.ErrCorrupt, rec.Seq, next.Seq+1))
+		}
+		if err := rec.Verify(next.Sum); err != nil {
+			g.recs = recs[:n0]
+			return refuse(errCodeCorrupt, err)
+		}
+		next = Position{Seq: rec.Seq, Sum: rec.Sum}
+		bytes += len(rec.Data)
+	}
+	g.recs, g.next, g.bytes = recs, next, g.bytes+bytes
+	g.bufs = append(g.bufs, r.fr.take(f))
+	r.next = next
+	if g.bytes >= streamMaxBytes || len(g.recs) >= groupMaxRecords {
+		return r.handOver()
+	}
+	return nil
+}
+
+// startAppender starts the goroutine that appends handed-over groups.
+func (r *receiver) startAppender(ctx context.Context) {
+	r.work = make(chan *group, 1)
+	r.results = make(chan error, 1)
+	r.appender.Add(1)
+	go func() {
+		defer r.appender.Done()
+		for g := range r.work {
+			r.results <- r.appendGroup(ctx, g)
+		}
+	}()
+}
+
+// appendGroup appends g to the sink, durably, moves the head and the
+// consistent point over it and acknowledges them. On failure it wakes the
+// receiver's read, which then returns the appender's error.
+func (r *receiver) appendGroup(ctx context.Context, g *group) error {
+	err := r.sink.AppendReceived(ctx, g.recs)
+	if err != nil {
+		first, last := g.recs[0].Seq, g.recs[len(g.recs)-1].Seq
+		err = refuse(errCodeSink, fmt.Errorf("append received seq=%d..%d: %w", first, last, err))
+	} else {
+		r.st.Head = g.next
+		r.st.Consistent = g.next.Seq
+		err = r.ack()
+	}
+	clear(g.recs) // drop references to the buffers
+	r.fr.recycle(g.bufs)
+	if err != nil {
+		_ = r.conn.SetReadDeadline(time.Now()) // the reader stops
+	}
+	return err
+}
+
+// handOver gives the current group, if any, to the appender once it is
+// done with the one before, and returns without waiting for it.
+func (r *receiver) handOver() error {
+	if r.busy {
+		r.busy = false
+		if err := <-r.results; err != nil {
+			return err
+		}
+	}
+	if r.cur != nil {
+		r.work <- r.cur // the appender is idle: this does not block
+		r.cur, r.busy = nil, true
+	}
+	return nil
+}
+
+// drain hands over the current group and waits until the appender is
+// idle, returning its error.
+func (r *receiver) drain() error {
+	if err := r.handOver(); err != nil {
+		return err
+	}
+	if r.busy {
+		r.busy = false
+		return <-r.results
+	}
+	return nil
+}
+
+// stopAppender waits for the appender to finish and returns the error of
+// a group whose result was not yet taken.
+func (r *receiver) stopAppender() error {
+	var err error
+	if r.busy {
+		r.busy = false
+		err = <-r.results
+	}
+	close(r.work)
+	r.appender.Wait()
+	return err
+}
