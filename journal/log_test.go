@@ -235,6 +235,24 @@ func TestAppendReceived(t *testing.T) {
 			}
 		})
 	}
+	t.Run("verified by the caller", func(t *testing.T) {
+		l := journaltest.Log(t, s, "replica-verified")
+		if err := l.AppendVerified(ctx, recs[:10]); err != nil {
+			t.Fatal(err)
+		}
+		if got := journaltest.Records(t, l, 0); len(got) != 10 || got[9].Sum != recs[9].Sum {
+			t.Errorf("replica has %d records, want the primary's first 10", len(got))
+		}
+		// Linkage is still checked; the data's hash is the caller's.
+		for _, bad := range [][]journal.Record{{recs[11]}, {recs[10], recs[10]}} {
+			if err := l.AppendVerified(ctx, bad); !errors.Is(err, journal.ErrCorrupt) {
+				t.Errorf("AppendVerified of a record that does not follow = %v, want ErrCorrupt", err)
+			}
+		}
+		if got := l.Head(); got != 10 {
+			t.Errorf("Head after refused batches = %d, want 10", got)
+		}
+	})
 	t.Run("rebase mid-chain", func(t *testing.T) {
 		l := journaltest.Log(t, s, "replica-rebase")
 		if err := l.Rebase(ctx, recs[9].Seq, recs[9].Sum); err != nil {

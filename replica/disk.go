@@ -242,12 +242,24 @@ func (d *Disk) usable() error {
 
 // AppendReceived appends records to the retention journal, durably, and
 // outside a sync applies them to the store in order, under the store's
-// write lock, so readers see the replica before or after the whole batch.
-// The store is fdatasynced at checkpoints; until then the journal is its
-// write-ahead log. During a sync the records are only kept, for
-// CommitSync. A store that fails to apply a journaled record breaks the
-// Disk (ErrBroken) until it is reopened, which replays the journal.
+// write lock, so readers see the replica before or after the whole batch:
+// AppendDurable, then Apply. The store is fdatasynced at checkpoints;
+// until then the journal is its write-ahead log. During a sync the
+// records are only kept, for CommitSync. A store that fails to apply a
+// journaled record breaks the Disk (ErrBroken) until it is reopened,
+// which replays the journal.
 func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error {
+	if err := d.AppendDurable(ctx, recs); err != nil {
+		return err
+	}
+	return d.Apply(ctx, recs)
+}
+
+// AppendDurable is AppendReceived's first half (replication's
+// DeferredApplier): it appends the records, whose chain the receiver has
+// verified, to the retention journal, durably. Once it returns they are
+// the replica's head: a crash before Apply replays them into the store.
+func (d *Disk) AppendDurable(ctx context.Context, recs []journal.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -260,7 +272,7 @@ func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error 
 	if d.st.Sync == nil && !d.st.Initialized {
 		return fmt.Errorf("append received seq=%d: %w before an initial sync", first.Seq, ErrNoSync)
 	}
-	if err := d.log.AppendReceived(ctx, recs); err != nil {
+	if err := d.log.AppendVerified(ctx, recs); err != nil {
 		if !errors.Is(err, journal.ErrCorrupt) {
 			// Some records may have been committed (or still be): catch
 			// the head and the store up with the journal.
@@ -271,21 +283,74 @@ func (d *Disk) AppendReceived(ctx context.Context, recs []journal.Record) error 
 		return fmt.Errorf("append received seq=%d..%d: %w", first.Seq, last.Seq, err)
 	}
 	d.head = replication.Position{Seq: last.Seq, Sum: last.Sum}
+	return nil
+}
+
+// errStopRead ends a journal read early.
+var errStopRead = errors.New("stop reading")
+
+// Apply is AppendReceived's second half: outside a sync it applies
+// records appended with AppendDurable to the store (those it already
+// holds are skipped; records appended before them but never applied are
+// read back from the journal), and checkpoints when due. During a sync it does
+// nothing: CommitSync applies them.
+func (d *Disk) Apply(ctx context.Context, recs []journal.Record) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return err
+	}
 	if d.st.Sync != nil {
 		return nil
 	}
+	for len(recs) > 0 && recs[0].Seq <= d.applied {
+		recs = recs[1:]
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	last := recs[len(recs)-1].Seq
+	if last > d.head.Seq {
+		return fmt.Errorf("apply seq=%d..%d: the journal holds through seq=%d", recs[0].Seq, last, d.head.Seq)
+	}
 	var n int64
-	d.rw.Lock()
-	for _, r := range recs {
+	apply := func(r journal.Record) error {
 		if err := d.apply(r); err != nil {
-			d.rw.Unlock()
 			d.broken = err
 			return fmt.Errorf("append received seq=%d: %w", r.Seq, err)
 		}
 		d.applied = r.Seq
 		n += r.Len
+		return nil
+	}
+	d.rw.Lock()
+	var err error
+	if recs[0].Seq == d.applied+1 {
+		for _, r := range recs {
+			if err = apply(r); err != nil {
+				break
+			}
+		}
+	} else {
+		// Records appended but never applied (a connection that ended
+		// between the two): the journal has them, in order.
+		err = d.log.ReadFrom(ctx, d.applied+1, func(r journal.Record) error {
+			if r.Seq > last {
+				return errStopRead
+			}
+			return apply(r)
+		})
+		if errors.Is(err, errStopRead) {
+			err = nil
+		}
+		if err == nil && d.applied < last {
+			err = fmt.Errorf("apply through seq=%d: the journal ends at seq=%d", last, d.applied)
+		}
 	}
 	d.rw.Unlock()
+	if err != nil {
+		return err
+	}
 	d.sinceCP += n
 	if d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery {
 		if err := d.checkpoint(ctx); err != nil {
@@ -414,7 +479,9 @@ func (d *Disk) Release(ctx context.Context, upTo uint64) error {
 	return nil
 }
 
-// ReadConsistent reads the replica at its consistent point (for verify).
+// ReadConsistent reads the replica at its consistent point (for verify):
+// the store, which is there whenever nothing appended awaits Apply, as
+// when the receiver serves a verify request.
 func (d *Disk) ReadConsistent(ctx context.Context, p []byte, off int64) error {
 	if err := ctx.Err(); err != nil {
 		return err

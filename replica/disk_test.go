@@ -518,3 +518,44 @@ func TestDiskSyncBlockedByHold(t *testing.T) {
 	}
 	checkImage(t, "replica after reopen", s.contents(), m.img)
 }
+
+// TestDiskDeferredApply: AppendDurable makes records the replica's head
+// before the store shows them; Apply shows them, once; a crash in between
+// replays them from the journal.
+func TestDiskDeferredApply(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
+	m := newModel()
+	fullSync(t, s, m, c)
+	before := append([]byte(nil), m.img...)
+
+	r1, r2 := c.write(0, fill(6000, 1)), c.write(8192, fill(100, 2))
+	recs := []journal.Record{r1, r2}
+	if err := s.disk.AppendDurable(ctx, recs); err != nil {
+		t.Fatalf("AppendDurable: %v", err)
+	}
+	if got := mustState(t, s.disk); got.Head != c.pos || got.Consistent != c.pos.Seq {
+		t.Fatalf("State after AppendDurable = %+v, want head and consistent at %+v", got, c.pos)
+	}
+	checkImage(t, "NBD reads before Apply", readAll(t, s.disk, testSize), before)
+	// The store lacks r1 too: Apply of r2 alone reads it back.
+	if err := s.disk.Apply(ctx, []journal.Record{r2}); err != nil {
+		t.Fatalf("Apply of seq=%d before seq=%d: %v", r2.Seq, r1.Seq, err)
+	}
+	apply(m.img, r1)
+	apply(m.img, r2)
+	checkImage(t, "NBD reads after Apply", readAll(t, s.disk, testSize), m.img)
+	if err := s.disk.Apply(ctx, recs); err != nil {
+		t.Errorf("Apply of applied records = %v, want a no-op", err)
+	}
+	checkImage(t, "NBD reads after a second Apply", readAll(t, s.disk, testSize), m.img)
+
+	r3 := c.write(4096, fill(3000, 3))
+	if err := s.disk.AppendDurable(ctx, []journal.Record{r3}); err != nil {
+		t.Fatalf("AppendDurable: %v", err)
+	}
+	apply(m.img, r3)
+	s.reopen(true) // a crash before Apply
+	checkImage(t, "replica after a crash between append and apply", readAll(t, s.disk, testSize), m.img)
+}

@@ -116,3 +116,15 @@ type ChainChecker interface {
 	// the last sequence number checked.
 	CheckChain(ctx context.Context) (through uint64, err error)
 }
+
+// DeferredApplier is a Sink that can acknowledge records before it has
+// applied them to its store: AppendDurable is AppendReceived's first half
+// (the records are in the journal, durably: the head and, outside a sync,
+// the consistent point move over them) and Apply its second (the store
+// shows them). The receiver's pipelined path calls AppendDurable,
+// acknowledges, then calls Apply with the same records, before any other
+// call; the acknowledgement no longer waits for the store.
+type DeferredApplier interface {
+	AppendDurable(ctx context.Context, recs []journal.Record) error
+	Apply(ctx context.Context, recs []journal.Record) error
+}

@@ -11,7 +11,8 @@ import (
 // The receiver's pipelined path. While the replica is streaming (no sync
 // in progress), records frames are decoded in place, verified and
 // gathered into a group, and a group goes to the appender goroutine,
-// which appends it to the sink, durably, and acknowledges it, while the
+// which appends it to the sink, durably, and acknowledges it (then, for a
+// DeferredApplier, applies it to the store), while the
 // receiver already reads, decrypts and verifies the next one. A group is
 // handed over when it is full or when nothing more is buffered, so a
 // record never waits for the network; handing over waits for the group
@@ -89,14 +90,28 @@ func (r *receiver) startAppender(ctx context.Context) {
 // consistent point over it and acknowledges them. On failure it wakes the
 // receiver's read, which then returns the appender's error.
 func (r *receiver) appendGroup(ctx context.Context, g *group) error {
-	err := r.sink.AppendReceived(ctx, g.recs)
+	first, last := g.recs[0].Seq, g.recs[len(g.recs)-1].Seq
+	da, deferred := r.sink.(DeferredApplier)
+	var err error
+	if deferred {
+		err = da.AppendDurable(ctx, g.recs)
+	} else {
+		err = r.sink.AppendReceived(ctx, g.recs)
+	}
+	durable := err == nil
 	if err != nil {
-		first, last := g.recs[0].Seq, g.recs[len(g.recs)-1].Seq
 		err = refuse(errCodeSink, fmt.Errorf("append received seq=%d..%d: %w", first, last, err))
 	} else {
 		r.st.Head = g.next
 		r.st.Consistent = g.next.Seq
 		err = r.ack()
+	}
+	if deferred && (err == nil || durable) {
+		// Acknowledged (or the link failed after the append): the store
+		// follows, whatever becomes of the connection.
+		if aerr := da.Apply(ctx, g.recs); aerr != nil && err == nil {
+			err = refuse(errCodeSink, fmt.Errorf("apply received seq=%d..%d: %w", first, last, aerr))
+		}
 	}
 	clear(g.recs) // drop references to the buffers
 	r.fr.recycle(g.bufs)
