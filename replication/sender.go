@@ -419,6 +419,11 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 		release = s.st.consistent
 		s.st.srcAcked = release
 	}
+	if !committed {
+		// Writes waiting in sync mode go on now, not after the release
+		// below (a journal hold written to badger).
+		s.broadcastLocked()
+	}
 	s.mu.Unlock()
 	// The source learns of the commit before the sync counts as done, so
 	// that the writer, which asks Source.NeedsResync once no sync runs,
