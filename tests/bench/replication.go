@@ -188,8 +188,12 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	// A running appliance reuses released journal segments, whose pages
 	// the page cache holds; a fresh daemon has none yet, and writing new
 	// files costs several times as much on this VM. One unmeasured run
-	// with replication on fills the pool first, as for a running site.
-	if _, err := b.run(ctx, replAsync, seq, false); err != nil {
+	// with replication on, twice as long as a measured one so that it
+	// builds more lag than they do, fills the pool first, as for a
+	// running site.
+	warm := seq
+	warm.runtime *= 2
+	if _, err := b.run(ctx, replAsync, warm, false); err != nil {
 		return fmt.Errorf("warm-up run: %w", err)
 	}
 	best := map[string]map[string]replRun{}
@@ -253,7 +257,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 
 	// The table.
 	fmt.Printf("two daemons on loopback (mutual TLS), fio nbd engine on the primary's unix socket; a fresh %d MiB disk per run,\n"+
-		"%d MiB working set, best of %d interleaved runs of %v per line, after one unmeasured run (journal segment pool)\n",
+		"%d MiB working set written once before each run, best of %d interleaved runs of %v per line,\n"+
+		"after one unmeasured run (journal segment pool)\n",
 		b.diskSize>>20, b.workSet>>20, rounds, runtime)
 	fmt.Printf("%-14s %3s | %8s %9s | %8s %9s %7s %6s | %6s %6s\n",
 		"workload", "QD", "off MB/s", "off IOPS", "on MB/s", "on IOPS", "drain", "wire", "ratio", "target")
@@ -451,25 +456,42 @@ func (b *replBench) waitCaughtUp(ctx context.Context, disk string) (replStatus, 
 }
 
 // freshDisk creates a disk on the primary and, unless the variant is
-// off, protects it and waits until the secondary holds all of it.
-func (b *replBench) freshDisk(ctx context.Context, v replVariant) (string, error) {
+// off, protects it; it writes the working set once in blocks of bs and
+// waits until the secondary holds all of it.
+func (b *replBench) freshDisk(ctx context.Context, v replVariant, bs string) (string, error) {
 	b.disks++
 	name := fmt.Sprintf("bench%d-%s", b.disks, v.name)
 	if _, err := b.tandem(ctx, b.pri, "disk", "create", name, "--size", strconv.FormatInt(b.diskSize>>20, 10)+"M"); err != nil {
 		return "", err
 	}
-	if v.mode == "" {
-		return name, nil
+	if v.mode != "" {
+		args := []string{"protect", name, "--peer", "beta", "--mode", v.mode}
+		if v.compress != "" {
+			args = append(args, "--compress", v.compress)
+		}
+		if _, err := b.tandem(ctx, b.pri, args...); err != nil {
+			return "", err
+		}
+		if _, err := b.waitCaughtUp(ctx, name); err != nil {
+			return "", err
+		}
 	}
-	args := []string{"protect", name, "--peer", "beta", "--mode", v.mode}
-	if v.compress != "" {
-		args = append(args, "--compress", v.compress)
-	}
-	if _, err := b.tandem(ctx, b.pri, args...); err != nil {
+	// Precondition: one sequential pass over the working set in the
+	// run's block size, so that a run measures a disk in use, not the
+	// first touch of a new file's pages (which on this VM costs several
+	// times the copy, on the primary's store and the replica's alike),
+	// and finds the page cache holding pages of the size it writes (the
+	// kernel keeps large folios after large writes, and a 4 KiB write
+	// into one costs a walk over all its blocks). Every variant gets it.
+	uri := "nbd+unix:///" + name + "?socket=" + b.pri.daemon.nbdSock
+	fill := replJob{name: "precondition", rw: "write", bs: bs, depth: 16}
+	if _, err := replFio(ctx, b.dir, uri, fill, b.workSet); err != nil {
 		return "", err
 	}
-	if _, err := b.waitCaughtUp(ctx, name); err != nil {
-		return "", err
+	if v.mode != "" {
+		if _, err := b.waitCaughtUp(ctx, name); err != nil {
+			return "", err
+		}
 	}
 	return name, nil
 }
@@ -501,7 +523,7 @@ func (b *replBench) run(ctx context.Context, v replVariant, j replJob, sampleLag
 // sampling the lag every replLagEvery while fio runs when sampleLag is
 // set, and on protected disks waits for the secondary to catch up.
 func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size int64, sampleLag bool) (replRun, error) {
-	disk, err := b.freshDisk(ctx, v)
+	disk, err := b.freshDisk(ctx, v, j.bs)
 	if err != nil {
 		return replRun{}, err
 	}
@@ -752,7 +774,7 @@ func (b *replBench) profile(ctx context.Context, pdir string, s replShort) error
 	}
 	slug := "repl-" + strings.NewReplacer(" ", "-", "(", "", ")", "").Replace(s.name)
 	data := filepath.Join(pdir, slug+".perf.data")
-	disk, err := b.freshDisk(ctx, s.variant)
+	disk, err := b.freshDisk(ctx, s.variant, s.job.bs)
 	if err != nil {
 		return err
 	}
