@@ -197,9 +197,9 @@ func benchAppliance(ctx context.Context, env *benchEnv) error {
 	fmt.Printf("tandem serve peak RSS (VmHWM): %s (target < %d MiB)  %s\n", mib(peak.HWM), applianceRSSLimit>>20, verdict)
 	fmt.Printf("  peak anonymous (heap, stacks) %s, peak file-backed (mapped files) %s; at the end RSS %s = %s anon + %s file\n",
 		mib(peak.Anon), mib(peak.File), mib(last.RSS), mib(last.Anon), mib(last.File))
-	if lsm, vlog, err := badgerFiles(filepath.Join(data, "journal")); err == nil {
-		fmt.Printf("  journal directory after the run: %s LSM and %s value log, for %s of unreleased records\n",
-			mib(lsm), mib(vlog), journalBytes)
+	if j, err := journalSizes(filepath.Join(data, "journal")); err == nil {
+		fmt.Printf("  journal directory after the run: segments %s, free segments kept for reuse %s, badger %s (+ %s value log),\n"+
+			"  for %s of unreleased records\n", mib(j.segments), mib(j.free), mib(j.badger), mib(j.vlog), journalBytes)
 	}
 
 	if pdir := os.Getenv(perfEnv); pdir != "" && len(short) > 0 {
@@ -508,10 +508,14 @@ func parseProcStatus(b []byte) (procMemory, error) {
 	return m, nil
 }
 
-// badgerFiles sums the sizes of a badger directory's value-log files and
-// of everything else (the LSM tree, memtable WALs, manifest).
-func badgerFiles(dir string) (lsm, vlog int64, err error) {
-	err = filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+// journalFiles sums the sizes of a journal directory's files: the record
+// segments of the logs, the free segments kept for reuse, and badger's
+// (value log and the rest: LSM tree, memtable WALs, manifest).
+type journalFiles struct{ segments, free, vlog, badger int64 }
+
+func journalSizes(dir string) (journalFiles, error) {
+	var j journalFiles
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
 			return err
 		}
@@ -519,14 +523,19 @@ func badgerFiles(dir string) (lsm, vlog int64, err error) {
 		if err != nil {
 			return err
 		}
-		if strings.HasSuffix(e.Name(), ".vlog") {
-			vlog += info.Size()
-		} else {
-			lsm += info.Size()
+		switch {
+		case strings.HasSuffix(e.Name(), ".seg") && filepath.Base(filepath.Dir(path)) == "free":
+			j.free += info.Size()
+		case strings.HasSuffix(e.Name(), ".seg"):
+			j.segments += info.Size()
+		case strings.HasSuffix(e.Name(), ".vlog"):
+			j.vlog += info.Size()
+		default:
+			j.badger += info.Size()
 		}
 		return nil
 	})
-	return lsm, vlog, err
+	return j, err
 }
 
 // perfEvents are the system calls counted per line while profiling: the
