@@ -34,11 +34,25 @@ func segments(t *testing.T, dir string) []string {
 }
 
 // copyDir copies the files of a journal that is open: a crash image, what
-// kill -9 would leave (the page cache holds everything written).
+// kill -9 would leave (the page cache holds everything written). Badger
+// may replace a file (a memtable flushed to a table) during the copy; the
+// copy is then taken again, from scratch.
 func copyDir(t *testing.T, src string) string {
 	t.Helper()
-	dst := t.TempDir()
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+	for try := 0; ; try++ {
+		dst := t.TempDir()
+		err := copyTree(src, dst)
+		if err == nil {
+			return dst
+		}
+		if !errors.Is(err, fs.ErrNotExist) || try == 20 {
+			t.Fatalf("copy journal: %v", err)
+		}
+	}
+}
+
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -62,13 +76,8 @@ func copyDir(t *testing.T, src string) string {
 		}
 		return out.Close()
 	})
-	if err != nil {
-		t.Fatalf("copy journal: %v", err)
-	}
-	return dst
 }
 
-// writeN appends n records of size bytes to l and waits for them.
 func writeN(t *testing.T, l *journal.Log, n, size int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
