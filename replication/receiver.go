@@ -17,7 +17,7 @@ import (
 // one AppendReceived while more are already buffered, up to these.
 const (
 	groupMaxBytes    = 32 << 20
-	streamMaxBytes   = 16 << 20 // a group of the pipelined path (two may be in memory)
+	streamMaxBytes   = 8 << 20 // a group of the pipelined path (two may be in memory)
 	groupMaxRecords  = 64 << 10
 	progressEvery    = 16 << 20 // region bytes between SyncProgress calls
 	ackEveryInterval = 250 * time.Millisecond
