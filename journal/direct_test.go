@@ -21,13 +21,7 @@ func TestAppendReceivedDirect(t *testing.T) {
 	src := journaltest.Open(t, "", opts)
 	primary := journaltest.Log(t, src, "primary")
 	const n = 400
-	for i := 1; i <= n; i++ {
-		size := rng.IntN(40 << 10)
-		if i%50 == 0 {
-			size = 1 << 20 // MaxData: whole blocks and more
-		}
-		journaltest.Write(t, primary, int64(i)<<12, payload(i, size))
-	}
+	writeMixed(t, primary, rng, n, 40<<10, 50)
 	recs := journaltest.Records(t, primary, 0)
 
 	dir := t.TempDir()

@@ -18,34 +18,12 @@ import (
 // started, even if they are released meanwhile; records committed after
 // it started are not included.
 func (l *Log) ReadFrom(ctx context.Context, from uint64, fn func(Record) error) error {
-	snap, prev, pinned, err := l.snapshot(from)
-	if err != nil || len(snap) == 0 {
-		return err
-	}
-	defer l.unpin(pinned)
-
-	buf := make([]byte, 0, HeaderSize+4096)
-	for _, ri := range snap {
-		if err := ctx.Err(); err != nil {
-			return err
+	return l.ReadViews(ctx, from, func(rec Record) error {
+		if len(rec.Data) > 0 {
+			rec.Data = append([]byte(nil), rec.Data...) // fn owns it
 		}
-		if int64(cap(buf)) < ri.size {
-			buf = make([]byte, 0, ri.size)
-		}
-		buf = buf[:ri.size]
-		rec, err := l.readRecord(ri, buf)
-		if err == nil {
-			err = rec.Verify(prev)
-		}
-		if err != nil {
-			return fmt.Errorf("read journal %s seq=%d: %w", l.name, ri.seq, err)
-		}
-		if err := fn(rec); err != nil {
-			return err
-		}
-		prev = rec.Sum
-	}
-	return nil
+		return fn(rec)
+	})
 }
 
 // viewChunk bounds one read of ReadViews, and so its buffer.
@@ -140,22 +118,6 @@ func (l *Log) snapshot(from uint64) (snap []recInfo, prev uint64, pinned []*segm
 		prev = l.recs[i0-1].sum
 	}
 	return snap, prev, l.pinLocked(snap[0].seg), nil
-}
-
-// readRecord reads and decodes the record ri describes into buf (of
-// ri.size bytes); the returned Data is a copy.
-func (l *Log) readRecord(ri recInfo, buf []byte) (Record, error) {
-	if err := ri.seg.readAt(buf, ri.off); err != nil {
-		if errors.Is(err, ErrShort) {
-			return Record{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
-		}
-		return Record{}, err
-	}
-	rec, err := viewRecord(ri, buf)
-	if err == nil && len(rec.Data) > 0 {
-		rec.Data = append([]byte(nil), rec.Data...)
-	}
-	return rec, err
 }
 
 // viewRecord decodes the record ri describes from its stored bytes b

@@ -11,6 +11,19 @@ import (
 	"github.com/tandem-dr/tandem/journal/journaltest"
 )
 
+// writeMixed appends n write records of up to max bytes, every every-th
+// of MaxData, so that records straddle blocks and segments.
+func writeMixed(t *testing.T, l *journal.Log, rng *rand.Rand, n, max, every int) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		size := rng.IntN(max)
+		if i%every == 0 {
+			size = journal.MaxData
+		}
+		journaltest.Write(t, l, int64(i)<<12, payload(i, size))
+	}
+}
+
 // TestReadViews: ReadViews gives what ReadFrom gives, from any seq,
 // across segments, and stops at a damaged record naming it, after
 // passing on every record before it.
@@ -20,13 +33,7 @@ func TestReadViews(t *testing.T) {
 	s := journaltest.Open(t, "", journaltest.Options()) // 4 MiB segments
 	l := journaltest.Log(t, s, "d")
 	const n = 300
-	for i := 1; i <= n; i++ {
-		size := rng.IntN(64 << 10)
-		if i%40 == 0 {
-			size = journal.MaxData
-		}
-		journaltest.Write(t, l, int64(i)<<12, payload(i, size))
-	}
+	writeMixed(t, l, rng, n, 64<<10, 40)
 	views := func(from uint64) ([]journal.Record, error) {
 		var got []journal.Record
 		err := l.ReadViews(ctx, from, func(r journal.Record) error {
