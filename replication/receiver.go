@@ -261,27 +261,38 @@ func (r *receiver) onRecords(p []byte) error {
 		r.pending = r.pending[:0]
 		return refuse(errCodeCorrupt, err)
 	}
-	next := r.next
-	for i := n0; i < len(recs); i++ {
-		rec := &recs[i]
-		if rec.Seq != next.Seq+1 {
-			r.pending = r.pending[:0]
-			return refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d, want seq=%d", journal.ErrCorrupt, rec.Seq, next.Seq+1))
-		}
-		if err := rec.Verify(next.Sum); err != nil {
-			r.pending = r.pending[:0]
-			return refuse(errCodeCorrupt, err)
-		}
-		if s := r.st.Sync; s != nil && rec.Seq == s.End.Seq && rec.Sum != s.End.Sum {
-			r.pending = r.pending[:0]
-			return refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d sum %016x, sync end says %016x", journal.ErrCorrupt, rec.Seq, rec.Sum, s.End.Sum))
-		}
-		next = Position{Seq: rec.Seq, Sum: rec.Sum}
-		r.pendingBytes += len(rec.Data)
+	next, n, err := r.checkChain(recs[n0:], r.next)
+	if err != nil {
+		r.pending = r.pending[:0]
+		return err
 	}
+	r.pendingBytes += n
 	r.pending = recs
 	r.next = next
 	return nil
+}
+
+// checkChain verifies that recs follow position next with no gap, each
+// against the sum before it (and, during a sync, that the sync's end
+// record is the one announced). It returns the position after them and
+// their data bytes, or the refusal.
+func (r *receiver) checkChain(recs []journal.Record, next Position) (Position, int, error) {
+	n := 0
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Seq != next.Seq+1 {
+			return next, 0, refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d, want seq=%d", journal.ErrCorrupt, rec.Seq, next.Seq+1))
+		}
+		if err := rec.Verify(next.Sum); err != nil {
+			return next, 0, refuse(errCodeCorrupt, err)
+		}
+		if s := r.st.Sync; s != nil && rec.Seq == s.End.Seq && rec.Sum != s.End.Sum {
+			return next, 0, refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d sum %016x, sync end says %016x", journal.ErrCorrupt, rec.Seq, rec.Sum, s.End.Sum))
+		}
+		next = Position{Seq: rec.Seq, Sum: rec.Sum}
+		n += len(rec.Data)
+	}
+	return next, n, nil
 }
 
 // flush appends the pending group, durably, and commits a sync whose end

@@ -50,19 +50,10 @@ func (r *receiver) onStreamRecords(f frame) error {
 		g.recs = g.recs[:n0]
 		return refuse(errCodeCorrupt, err)
 	}
-	next, bytes := g.next, 0
-	for i := n0; i < len(recs); i++ {
-		rec := &recs[i]
-		if rec.Seq != next.Seq+1 {
-			g.recs = recs[:n0]
-			return refuse(errCodeCorrupt, fmt.Errorf("%w: record seq=%d, want seq=%d", journal.ErrCorrupt, rec.Seq, next.Seq+1))
-		}
-		if err := rec.Verify(next.Sum); err != nil {
-			g.recs = recs[:n0]
-			return refuse(errCodeCorrupt, err)
-		}
-		next = Position{Seq: rec.Seq, Sum: rec.Sum}
-		bytes += len(rec.Data)
+	next, bytes, err := r.checkChain(recs[n0:], g.next)
+	if err != nil {
+		g.recs = recs[:n0]
+		return err
 	}
 	g.recs, g.next, g.bytes = recs, next, g.bytes+bytes
 	g.bufs = append(g.bufs, r.fr.take(f))
