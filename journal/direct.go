@@ -22,6 +22,14 @@ import (
 // bytes where it held records before, which a torn write cannot change.
 // The rest of the last block is zeroes, where a scan sees the end of the
 // segment's data.
+//
+// The kernel drops the page-cache copy of what a direct write covers, but
+// only as far as no reader holds the page at that instant. Today nothing
+// reads a receiving log while it is being appended to (the replica reads
+// its journal at open, to apply what the store lacks and to check the
+// chain, each with the appender idle); a reader that will (views at a
+// point in time) must read the blocks past the last commit it saw with
+// O_DIRECT too, or between appends.
 
 // directAlign is the offset, length and memory alignment of direct I/O:
 // the page size, a multiple of every logical block size in use.
