@@ -147,7 +147,7 @@ func (l *Log) writeQueued(w *wentry) {
 		g := batch[i].seg
 		var werr error
 		if g.dw != nil {
-			werr = g.writeDirect(iov, batch[i].off, &l.dbuf)
+			werr = l.s.writeDirect(g, iov, batch[i].off)
 		} else {
 			werr = g.writev(iov, batch[i].off)
 		}

@@ -67,11 +67,11 @@ func (g *segment) closeDirect() {
 	}
 }
 
-// writeDirect writes iov at off through g's direct file, by way of
-// *scratch (an aligned buffer it grows as needed). Writes to a segment
-// come one at a time (a log has one writer) and each usually starts
-// where the last ended; any other start reloads the block it falls in.
-func (g *segment) writeDirect(iov [][]byte, off int64, scratch *[]byte) error {
+// writeDirect writes iov at off through g's direct file, by way of an
+// aligned buffer from the store's pool. Writes to a segment come one at a
+// time (a log has one writer) and each usually starts where the last
+// ended; any other start reloads the block it falls in.
+func (s *Store) writeDirect(g *segment, iov [][]byte, off int64) error {
 	dw := g.dw
 	if dw.tailOff < 0 || off != dw.tailOff+int64(len(dw.tail)) {
 		if err := g.loadTail(off); err != nil {
@@ -83,6 +83,11 @@ func (g *segment) writeDirect(iov [][]byte, off int64, scratch *[]byte) error {
 		n += len(b)
 	}
 	size := alignUp(n)
+	scratch, _ := s.aligned.Get().(*[]byte)
+	if scratch == nil {
+		scratch = new([]byte)
+	}
+	defer s.aligned.Put(scratch)
 	buf := alignedBuf(scratch, size)
 	p := copy(buf, dw.tail)
 	for _, b := range iov {

@@ -108,7 +108,6 @@ type Log struct {
 	wq        []*wentry  // reserved records not yet handed to a writer, in seq order
 	writing   bool       // a goroutine writes the queue (see writeQueued)
 	direct    bool       // segments are written with direct I/O (see direct.go)
-	dbuf      []byte     // the writer's aligned buffer for direct I/O
 	holds     map[string]uint64
 	notify    chan struct{} // closed and replaced when commitSeq advances or the log rolls back
 	recovery  Recovery

@@ -74,6 +74,10 @@ type Store struct {
 
 	space *spaceGuard
 
+	// aligned holds *[]byte buffers for direct I/O (see direct.go), shared
+	// by the logs that write with it and left to the GC when idle.
+	aligned sync.Pool
+
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }

@@ -119,6 +119,19 @@ func (fr *frameReader) recycle(bufs [][]byte) {
 	}
 }
 
+// idle lets the GC have the buffers kept for reuse (and the current ones,
+// when large): a connection with nothing to carry holds no frame-sized
+// memory. The caller must hold no payload of the frameReader's.
+func (fr *frameReader) idle() {
+	fr.fmu.Lock()
+	fr.free = nil
+	fr.fmu.Unlock()
+	if cap(fr.buf) > 64<<10 {
+		fr.buf = nil
+	}
+	fr.raw = nil
+}
+
 // reuse returns a recycled buffer, or nil when there is none.
 func (fr *frameReader) reuse() []byte {
 	fr.fmu.Lock()

@@ -143,6 +143,11 @@ func (r *receiver) handle(ctx context.Context, f frame) error {
 			return refuse(errCodeProtocol, err)
 		}
 		r.lastAck = time.Time{} // answer now
+		// The primary pings when it has nothing to send: every group is
+		// done (drained), so the frame buffers may go.
+		if len(r.pending) == 0 {
+			r.fr.idle()
+		}
 		return nil
 	case frameSyncBegin:
 		m, err := decodeSyncBegin(f.payload)
