@@ -325,11 +325,10 @@ func (l *Log) appendReceived(ctx context.Context, recs []Record, verify bool) er
 			l.mu.Unlock()
 			return fmt.Errorf("append received to %s: %w: seq %d after %d", l.name, ErrCorrupt, r.Seq, seq)
 		}
-		err := r.Validate()
-		switch {
-		case verify && err == nil:
-			err = r.Verify(prev)
-		case err == nil && r.PrevSum != prev:
+		var err error
+		if verify {
+			err = r.Verify(prev) // structure, link and sum
+		} else if err = r.Validate(); err == nil && r.PrevSum != prev {
 			err = fmt.Errorf("%w: seq=%d chain broken: prev sum %016x, want %016x", ErrCorrupt, r.Seq, r.PrevSum, prev)
 		}
 		if err != nil {

@@ -293,11 +293,7 @@ func (fw *frameWriter) encode(typ frameType, payload []byte) ([]byte, error) {
 	if out, ok := fw.compress(typ, payload); ok {
 		return out, nil
 	}
-	out := fw.out[:0]
-	if cap(out) < frameHeaderSize+len(payload) {
-		out = make([]byte, 0, frameHeaderSize+len(payload)+len(payload)/8)
-	}
-	out = append(out[:frameHeaderSize], payload...)
+	out := append(fw.outBuf(len(payload))[:frameHeaderSize], payload...)
 	fw.out = out
 	putFrameHeader(out, typ, 0, len(payload))
 	return out, nil
@@ -329,11 +325,7 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 		fw.skip--
 		return nil, false
 	}
-	out := fw.out[:0]
-	if cap(out) < frameHeaderSize+len(payload) {
-		out = make([]byte, 0, frameHeaderSize+len(payload)+len(payload)/8)
-	}
-	out = fw.zenc.EncodeAll(payload, out[:frameHeaderSize])
+	out := fw.zenc.EncodeAll(payload, fw.outBuf(len(payload))[:frameHeaderSize])
 	fw.out = out
 	n := len(out) - frameHeaderSize
 	if n <= len(payload)-len(payload)/4 {
@@ -347,6 +339,15 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 	}
 	putFrameHeader(out, typ, flagZstd, len(payload))
 	return out, true
+}
+
+// outBuf returns fw.out emptied, with room for a frame of an n-byte
+// payload (and some slack, so that it rarely grows again).
+func (fw *frameWriter) outBuf(n int) []byte {
+	if cap(fw.out) < frameHeaderSize+n {
+		fw.out = make([]byte, 0, frameHeaderSize+n+n/8)
+	}
+	return fw.out[:0]
 }
 
 // putFrameHeader writes the header of the frame in f (header, then the

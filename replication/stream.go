@@ -115,11 +115,8 @@ func (r *receiver) appendGroup(ctx context.Context, g *group) error {
 // handOver gives the current group, if any, to the appender once it is
 // done with the one before, and returns without waiting for it.
 func (r *receiver) handOver() error {
-	if r.busy {
-		r.busy = false
-		if err := <-r.results; err != nil {
-			return err
-		}
+	if err := r.idleAppender(); err != nil {
+		return err
 	}
 	if r.cur != nil {
 		r.work <- r.cur // the appender is idle: this does not block
@@ -134,21 +131,23 @@ func (r *receiver) drain() error {
 	if err := r.handOver(); err != nil {
 		return err
 	}
-	if r.busy {
-		r.busy = false
-		return <-r.results
+	return r.idleAppender()
+}
+
+// idleAppender waits for the result of the group handed over last, if
+// it was not taken yet, and returns it.
+func (r *receiver) idleAppender() error {
+	if !r.busy {
+		return nil
 	}
-	return nil
+	r.busy = false
+	return <-r.results
 }
 
 // stopAppender waits for the appender to finish and returns the error of
 // a group whose result was not yet taken.
 func (r *receiver) stopAppender() error {
-	var err error
-	if r.busy {
-		r.busy = false
-		err = <-r.results
-	}
+	err := r.idleAppender()
 	close(r.work)
 	r.appender.Wait()
 	return err
