@@ -93,7 +93,7 @@ type frameReader struct {
 }
 
 // maxFreeBuffers bounds the buffers a frameReader keeps for reuse.
-const maxFreeBuffers = 4
+const maxFreeBuffers = 16
 
 // take hands the caller the buffer that holds the payload of f, the frame
 // next returned last: the frameReader reads the next frames into other
