@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tandem-dr/tandem/journal"
 	"github.com/tandem-dr/tandem/replica"
@@ -558,4 +559,72 @@ func TestDiskDeferredApply(t *testing.T) {
 	apply(m.img, r3)
 	s.reopen(true) // a crash before Apply
 	checkImage(t, "replica after a crash between append and apply", readAll(t, s.disk, testSize), m.img)
+}
+
+// TestDiskCheckpointBehind: the store's checkpoint (fdatasync and the
+// persisted applied point) runs behind Apply, which does not wait for it;
+// the persisted point never passes what the checkpoint synced; Close
+// waits for a checkpoint in flight; a crash after it replays nothing
+// wrong.
+func TestDiskCheckpointBehind(t *testing.T) {
+	ctx := context.Background()
+	s := openReplicaOpts(t, t.TempDir(), testSize, replica.Options{CheckpointBytes: 4096})
+	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
+	m := newModel()
+	fullSync(t, s, m, c)
+
+	release := make(chan struct{})
+	started := make(chan struct{}, 1)
+	replica.SetCheckpointHook(s.disk, func() {
+		started <- struct{}{}
+		<-release
+	})
+	r1 := c.write(0, fill(8192, 1))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r1}); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	apply(m.img, r1)
+	<-started // the checkpoint is held before its fdatasync
+	// Appends and applies go on meanwhile: none waits for the checkpoint.
+	for i := range 5 {
+		r := c.write(int64(i+1)*8192, fill(8192, byte(i+2)))
+		if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+			t.Fatalf("AppendReceived while a checkpoint is held: %v", err)
+		}
+		apply(m.img, r)
+	}
+	checkImage(t, "NBD reads while a checkpoint is held", readAll(t, s.disk, testSize), m.img)
+
+	closed := make(chan error, 1)
+	go func() { closed <- s.disk.Close(ctx) }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a checkpoint was in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	s.disk = nil
+	s.store.Close()
+	s.open()
+	if got := replica.PersistedApplied(s.disk); got != c.pos.Seq {
+		t.Errorf("persisted applied point after Close = %d, want %d", got, c.pos.Seq)
+	}
+	checkImage(t, "replica reopened", readAll(t, s.disk, testSize), m.img)
+
+	// Each checkpoint persists the point it synced: with the hook gone,
+	// one Apply of CheckpointBytes starts one, which moves it there.
+	replica.SetCheckpointHook(s.disk, nil)
+	r := c.write(4096, fill(4096, 9))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	apply(m.img, r)
+	if got := replica.PersistedApplied(s.disk); got != r.Seq {
+		t.Errorf("persisted applied point after a background checkpoint = %d, want %d", got, r.Seq)
+	}
+	s.reopen(true)
+	checkImage(t, "replica after a crash", readAll(t, s.disk, testSize), m.img)
 }
