@@ -127,17 +127,23 @@ func (s *Store) newSegment(id uint32, first uint64) (*segment, error) {
 func (s *Store) retire(g *segment) {
 	g.closeDirect()
 	_ = g.f.Close()
+	s.recycle(g.path)
+}
+
+// recycle moves the closed segment file at path into the pool of free
+// segments, or deletes it when the pool is full.
+func (s *Store) recycle(path string) {
 	s.poolMu.Lock()
 	defer s.poolMu.Unlock()
 	if len(s.pool) < s.opts.FreeSegments {
 		s.poolSeq++
 		free := filepath.Join(s.dir, segmentsDir, freeDir, segName(s.poolSeq))
-		if err := os.Rename(g.path, free); err == nil {
+		if err := os.Rename(path, free); err == nil {
 			s.pool = append(s.pool, free)
 			return
 		}
 	}
-	if err := os.Remove(g.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		s.log.Warn("journal remove segment", logKeyErr, err)
 	}
 }

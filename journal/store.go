@@ -352,7 +352,16 @@ func (s *Store) DropLog(ctx context.Context, name string) error {
 	if !found {
 		return nil
 	}
-	if err := os.RemoveAll(s.logSegDir(id)); err != nil {
+	// Its segment files are as good for reuse as released ones.
+	dir := s.logSegDir(id)
+	if ents, err := os.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			if _, ok := parseSegName(e.Name()); ok && e.Type().IsRegular() {
+				s.recycle(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("drop log %s: %w", name, err)
 	}
 	if err := s.deletePrefix(ctx, logPrefix(id)); err != nil {
