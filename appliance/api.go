@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"strings"
 
@@ -28,9 +29,16 @@ import (
 //	GET    /v1/pairs             the paired sites
 //	DELETE /v1/pairs/{site}      forget a paired site
 //	GET    /metrics              Prometheus metrics of every disk
+//	GET    /debug/pprof/...      Go's profiles, with serve --profile
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", d.metricsHandler())
+	if d.opts.Profile {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	}
 	mux.HandleFunc("POST /v1/pair/token", func(w http.ResponseWriter, r *http.Request) {
 		var req TokenRequest
 		if err := readJSON(r, &req); err != nil {

@@ -29,6 +29,9 @@ type Options struct {
 	FUSE string   // FUSE mount point; empty means no FUSE
 	// JournalMaxBytes overrides the per-disk journal limit (tests).
 	JournalMaxBytes int64
+	// Profile serves Go's profiles (net/http/pprof) on the API under
+	// /debug/pprof/, for whoever may use the API socket.
+	Profile bool
 }
 
 // Daemon is one site's appliance.

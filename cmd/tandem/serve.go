@@ -25,16 +25,18 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "fuse", Usage: "mount disks and views as files under this directory"},
 			&cli.StringFlag{Name: "journal-max", Usage: "per-disk journal limit, e.g. 4G (default from config)"},
 			&cli.BoolFlag{Name: "debug", Usage: "log at debug level"},
+			&cli.BoolFlag{Name: "profile", Usage: "serve Go's profiles on the API under /debug/pprof/"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 0 {
 				return usagef("serve takes no arguments")
 			}
 			opts := appliance.Options{
-				NBD:  c.StringSlice("nbd"),
-				API:  c.String("api"),
-				Repl: c.String("repl"),
-				FUSE: c.String("fuse"),
+				NBD:     c.StringSlice("nbd"),
+				API:     c.String("api"),
+				Repl:    c.String("repl"),
+				FUSE:    c.String("fuse"),
+				Profile: c.Bool("profile"),
 			}
 			if s := c.String("journal-max"); s != "" {
 				n, err := appliance.ParseSize(s)
