@@ -198,6 +198,11 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		}
 	}
 
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.runRetention(ctx)
+	}()
 	if ctx.Err() == nil {
 		d.log.Info("serving", "data", d.dataDir, "api", d.opts.API, "disks", len(d.disks))
 	}

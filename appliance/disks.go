@@ -298,6 +298,9 @@ type DiskInfo struct {
 	Overflowed bool    `json:"overflowed"`
 	Peer       string  `json:"peer,omitempty"`
 	Policy     *Policy `json:"policy,omitempty"`
+	// Retention is a replica's retention, as its primary sent it; zero
+	// (none sent) keeps every record.
+	Retention Duration `json:"retention,omitempty"`
 }
 
 func (od *openDisk) info(ctx context.Context) DiskInfo {
@@ -318,6 +321,9 @@ func (od *openDisk) info(ctx context.Context) DiskInfo {
 	if od.meta.Protected {
 		p := od.meta.Policy.withDefaults()
 		di.Policy = &p
+	}
+	if od.replica != nil {
+		di.Retention = od.meta.Policy.Retention
 	}
 	return di
 }

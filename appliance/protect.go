@@ -119,6 +119,7 @@ func (d *Daemon) startSender(ctx context.Context, od *openDisk) error {
 		Compress:    p.Compress,
 		Bandwidth:   p.Bandwidth,
 		RPOAlert:    time.Duration(p.RPOAlert),
+		Retention:   time.Duration(p.Retention),
 		PeerAway:    away,
 		SyncTimeout: time.Duration(p.SyncTimeout),
 	})

@@ -43,6 +43,7 @@ func (d *Daemon) startRepl(ctx context.Context, wg *sync.WaitGroup, fail func(er
 	d.repl, err = replication.NewServer(replication.ServerConfig{
 		Lookup: d.lookupSink,
 		Create: d.createReplica,
+		Policy: d.setReplicaPolicy,
 		Identify: func(ctx context.Context, conn net.Conn) (string, error) {
 			tc, ok := conn.(*tls.Conn)
 			if !ok {

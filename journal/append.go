@@ -84,7 +84,7 @@ func (l *Log) reserveLocked(rec *Record, size int64) (w *wentry, lead bool, err 
 	l.inflight = append(l.inflight, w)
 	l.wq = append(l.wq, w)
 	l.head, l.headSum = rec.Seq, rec.Sum
-	l.recs = append(l.recs, recInfo{seq: rec.Seq, sum: rec.Sum, size: size, off: w.off, seg: g})
+	l.recs = append(l.recs, recInfo{seq: rec.Seq, sum: rec.Sum, size: size, off: w.off, at: rec.Time.UnixNano(), seg: g})
 	l.bytes += size
 	l.writers.Add(1)
 	lead = !l.writing

@@ -85,7 +85,7 @@ func (l *Log) load() error {
 				why = fmt.Errorf("seq=%d: %w", seq, err)
 				break
 			}
-			l.recs = append(l.recs, recInfo{seq: seq, sum: rec.Sum, size: size, off: off, seg: g})
+			l.recs = append(l.recs, recInfo{seq: seq, sum: rec.Sum, size: size, off: off, at: rec.Time.UnixNano(), seg: g})
 			l.bytes += size
 			l.head, l.headSum = seq, rec.Sum
 			off, next = off+size, next+1

@@ -2,7 +2,9 @@ package journal
 
 import (
 	"context"
+	"slices"
 	"sync"
+	"time"
 )
 
 // Pending is an appended record on its way into its segment.
@@ -52,12 +54,13 @@ type Recovery struct {
 }
 
 // recInfo is what a log remembers of each unreleased record: where it
-// lives and its chained sum.
+// lives, its chained sum and its time.
 type recInfo struct {
 	seq  uint64
 	sum  uint64
 	size int64
 	off  int64
+	at   int64 // Record.Time in Unix nanoseconds
 	seg  *segment
 }
 
@@ -149,6 +152,29 @@ func (l *Log) Base() (seq, sum uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.base, l.baseSum
+}
+
+// Before returns the seq of the newest committed record whose Time is
+// before t, or the base when there is none: a retention window that
+// starts at t may release the log up to it. Record times come from the
+// writer's clock and are searched as if they never went back; a clock
+// stepped back shifts the answer by that step, not further.
+func (l *Log) Before(t time.Time) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	recs := l.recs[l.recs0:]
+	recs = recs[:min(len(recs), int(l.commitSeq-l.base))]
+	at := t.UnixNano()
+	i, _ := slices.BinarySearchFunc(recs, at, func(r recInfo, at int64) int {
+		if r.at < at {
+			return -1
+		}
+		return 1
+	})
+	if i == 0 {
+		return l.base
+	}
+	return recs[i-1].seq
 }
 
 // Bytes is the encoded size of the unreleased records, the figure that

@@ -466,3 +466,56 @@ func TestFullFileSystemRefusesAppends(t *testing.T) {
 		t.Errorf("seq after space returned = %d, want 2", seq)
 	}
 }
+
+// TestBefore: the newest record older than a time, for retention: found
+// by the records' own times (the primary's), committed records only,
+// never below the base, and the same after a reopen.
+func TestBefore(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := journaltest.Options()
+	s := journaltest.Open(t, dir, opts)
+	l := journaltest.Log(t, s, "replica")
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
+	var recs []journal.Record
+	prev := uint64(0)
+	for i, sec := range []int{10, 20, 20, 30, 40} { // seqs 1..5
+		r := journal.Record{Seq: uint64(i + 1), Kind: journal.KindWrite, Off: int64(i) * 512, Len: 512, Data: payload(i, 512), Time: at(sec)}
+		r.Seal(prev)
+		prev = r.Sum
+		recs = append(recs, r)
+	}
+	if got := l.Before(at(100)); got != 0 {
+		t.Errorf("Before on an empty log = %d, want 0", got)
+	}
+	if err := l.AppendReceived(ctx, recs); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	check := func(what string) {
+		t.Helper()
+		base, _ := l.Base()
+		for _, c := range []struct {
+			sec  int
+			want uint64
+		}{{5, 0}, {10, 0}, {11, 1}, {20, 1}, {21, 3}, {30, 3}, {35, 4}, {41, 5}, {1000, 5}} {
+			if got := l.Before(at(c.sec)); got != max(c.want, base) {
+				t.Errorf("%s: Before(t0+%ds) = %d, want %d", what, c.sec, got, max(c.want, base))
+			}
+		}
+	}
+	check("appended")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = journaltest.Open(t, dir, opts)
+	l = journaltest.Log(t, s, "replica")
+	check("reopened")
+	if err := l.SetHold("retention", 3); err != nil {
+		t.Fatal(err)
+	}
+	if base, _ := l.Base(); base != 3 {
+		t.Fatalf("base after releasing to 3 = %d", base)
+	}
+	check("released to 3")
+}

@@ -529,6 +529,35 @@ func (d *Disk) Release(ctx context.Context, upTo uint64) error {
 	return nil
 }
 
+// Expire releases the retention journal's records written before t (by
+// the primary's clock, Record.Time) that the store holds durably: the
+// daemon's retention policy calls it with now minus the disk's retention.
+// Unlike Release it never syncs the store itself (the checkpoints behind
+// the appends move the durable point), so it never holds up the receiver.
+// During a sync nothing is released. It returns the journal's base.
+func (d *Disk) Expire(ctx context.Context, t time.Time) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return 0, err
+	}
+	base, _ := d.log.Base()
+	if d.st.Sync != nil {
+		return base, nil
+	}
+	upTo := min(d.log.Before(t), d.st.Applied)
+	if upTo <= base {
+		return base, nil
+	}
+	if err := d.log.SetHold(HoldRetention, upTo); err != nil {
+		return base, fmt.Errorf("expire replica journal to seq=%d: %w", upTo, err)
+	}
+	return upTo, nil
+}
+
 // ReadConsistent reads the replica at its consistent point (for verify):
 // the store, which is there whenever nothing appended awaits Apply, as
 // when the receiver serves a verify request.

@@ -628,3 +628,53 @@ func TestDiskCheckpointBehind(t *testing.T) {
 	s.reopen(true)
 	checkImage(t, "replica after a crash", readAll(t, s.disk, testSize), m.img)
 }
+
+// TestDiskExpire: the retention policy's release by time lets go of the
+// records written before the cutoff, but only those the store holds
+// durably (it never syncs the store itself), and nothing during a sync.
+func TestDiskExpire(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
+	m := newModel()
+	fullSync(t, s, m, c)
+	synced := c.pos.Seq // the commit applied and persisted the sync's records
+
+	old := []journal.Record{c.write(0, fill(4096, 1)), c.write(4096, fill(4096, 2))}
+	if err := s.disk.AppendReceived(ctx, old); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	cutoff := time.Now()
+	time.Sleep(2 * time.Millisecond)
+	recent := c.write(8192, fill(4096, 3))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{recent}); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	for _, r := range append(old, recent) {
+		apply(m.img, r)
+	}
+	// No checkpoint since the sync: the store holds the records after
+	// it only through the journal, which keeps them.
+	if base, err := s.disk.Expire(ctx, cutoff); err != nil || base != synced {
+		t.Fatalf("Expire before a checkpoint = %d, %v; want %d (the sync's records only)", base, err, synced)
+	}
+	s.reopen(false) // Close checkpoints
+	if base, err := s.disk.Expire(ctx, cutoff); err != nil || base != old[1].Seq {
+		t.Fatalf("Expire(cutoff) = %d, %v; want %d (the records before the cutoff)", base, err, old[1].Seq)
+	}
+	if base, err := s.disk.Expire(ctx, cutoff.Add(-time.Hour)); err != nil || base != old[1].Seq {
+		t.Errorf("Expire of an earlier cutoff = %d, %v; want the base %d unchanged", base, err, old[1].Seq)
+	}
+	if base, err := s.disk.Expire(ctx, time.Now()); err != nil || base != recent.Seq {
+		t.Errorf("Expire(now) = %d, %v; want %d", base, err, recent.Seq)
+	}
+	s.reopen(false)
+	if base, _ := s.log.Base(); base != recent.Seq {
+		t.Errorf("base after reopen = %d, want %d", base, recent.Seq)
+	}
+	checkImage(t, "replica after expiry and reopen", readAll(t, s.disk, testSize), m.img)
+	if through, err := s.disk.CheckChain(ctx); err != nil || through != recent.Seq {
+		t.Errorf("CheckChain after expiry = %d, %v; want %d", through, err, recent.Seq)
+	}
+}

@@ -34,7 +34,8 @@
 // Unprotect: Sender.Close, then Unprotect(ctx, tap, log). For a replica
 // disk: Open(ctx, dir, log, size, opts) at start or when the replica is
 // created, hand the Disk to the replication Server's Lookup, export it as
-// NAME@latest (read-only), call Release from the retention policy, and
+// NAME@latest (read-only), call Expire from the retention policy (or
+// Release, to a seq), and
 // Close it once the Server no longer routes to it, before closing the
 // journal.
 //

@@ -86,6 +86,11 @@ type SenderConfig struct {
 	PeerAway PeerAwayPolicy
 	// RPOAlert raises Status.RPOAlert when the lag passes it.
 	RPOAlert time.Duration
+	// Retention is how long the secondary keeps records (by their
+	// times) for points in time; 0 keeps every record. It is sent to
+	// the secondary on every connection (a policy frame, version 2), so
+	// a new value takes effect at the next one.
+	Retention time.Duration
 
 	// Heartbeat is the keepalive interval on an idle link; Timeout the
 	// time without any frame from the secondary (or without progress

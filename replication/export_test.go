@@ -51,6 +51,8 @@ func ParseFrames(b []byte) (int, error) {
 			_, err = decodeVerifyReq(f.payload)
 		case frameVerifyResp:
 			_, err = decodeVerifyResp(f.payload)
+		case framePolicy:
+			_, err = decodePolicy(f.payload)
 		default:
 			err = ErrBadFrame
 		}
@@ -60,6 +62,11 @@ func ParseFrames(b []byte) (int, error) {
 	}
 }
 
+// EncodePolicy encodes a policy frame's payload.
+func EncodePolicy(retentionSeconds uint64) []byte {
+	return policyMsg{Retention: retentionSeconds}.encode()
+}
+
 // Frame type numbers, for tests that build frames.
 const (
 	FrameHello    = uint8(frameHello)
@@ -67,6 +74,7 @@ const (
 	FrameAck      = uint8(frameAck)
 	FrameWelcome  = uint8(frameWelcome)
 	FrameVerifyRq = uint8(frameVerifyReq)
+	FramePolicy   = uint8(framePolicy)
 	FrameHeader   = frameHeaderSize
 )
 

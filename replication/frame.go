@@ -49,11 +49,12 @@ const (
 	framePing       frameType = 10 // primary → secondary: keepalive, answered by an Ack
 	frameVerifyReq  frameType = 11 // primary → secondary: digests wanted for regions
 	frameVerifyResp frameType = 12 // secondary → primary: the digests
+	framePolicy     frameType = 13 // primary → secondary: the disk's policy (version 2)
 )
 
 func (t frameType) String() string {
 	names := [...]string{"", "hello", "welcome", "error", "records", "ack", "sync-begin",
-		"region", "region-zero", "sync-end", "ping", "verify-request", "verify-response"}
+		"region", "region-zero", "sync-end", "ping", "verify-request", "verify-response", "policy"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}

@@ -121,6 +121,7 @@ func FuzzDecodePayload(f *testing.F) {
 	f.Add(replication.FrameRecords, replication.EncodeRecords(sealed(2, 100)), true)
 	f.Add(replication.FrameVerifyRq, replication.EncodeVerifyRequest([]replication.Region{{Off: 4096, Len: 4096}}), false)
 	f.Add(replication.FrameWelcome, make([]byte, 35), false)
+	f.Add(replication.FramePolicy, replication.EncodePolicy(86400), false)
 	f.Fuzz(func(t *testing.T, typ uint8, payload []byte, compress bool) {
 		if len(payload) > replication.MaxFramePayload {
 			return

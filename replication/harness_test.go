@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,16 @@ type secondary struct {
 	done  chan error
 	logs  *logBuffer
 	sinks map[string]*replicationtest.MemSink
+
+	pmu      sync.Mutex
+	policies []string // "disk retention" for each policy received
+}
+
+// policiesSeen returns the policies the server reported, in order.
+func (s *secondary) policiesSeen() []string {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	return slices.Clone(s.policies)
 }
 
 func startSecondary(t testing.TB, addr string, sinks map[string]*replicationtest.MemSink) *secondary {
@@ -73,6 +84,11 @@ func startSecondary(t testing.TB, addr string, sinks map[string]*replicationtest
 				return sk, nil
 			}
 			return nil, fmt.Errorf("disk %q: %w", disk, replication.ErrUnknownDisk)
+		},
+		Policy: func(ctx context.Context, site, disk string, p replication.Policy) {
+			s.pmu.Lock()
+			defer s.pmu.Unlock()
+			s.policies = append(s.policies, disk+" "+p.Retention.String())
 		},
 	})
 	if err != nil {

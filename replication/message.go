@@ -11,7 +11,7 @@ import (
 // the secondary picks the highest both speak or refuses with an error
 // frame (errCodeVersion).
 const (
-	ProtocolVersion    = 1
+	ProtocolVersion    = 2
 	MinProtocolVersion = 1
 )
 
@@ -339,6 +339,26 @@ func (m pingMsg) encode() []byte {
 func decodePing(p []byte) (pingMsg, error) {
 	d := dec{b: p, typ: framePing}
 	m := pingMsg{Head: d.u64()}
+	return m, d.done()
+}
+
+// policyMsg carries the part of the disk's protection policy that the
+// secondary acts on (version 2).
+type policyMsg struct {
+	// Retention is how long the secondary keeps records, in seconds of
+	// the records' times; 0 keeps every record.
+	Retention uint64
+}
+
+func (m policyMsg) encode() []byte {
+	var e enc
+	e.u64(m.Retention)
+	return e.b
+}
+
+func decodePolicy(p []byte) (policyMsg, error) {
+	d := dec{b: p, typ: framePolicy}
+	m := policyMsg{Retention: d.u64()}
 	return m, d.done()
 }
 

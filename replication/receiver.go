@@ -52,7 +52,21 @@ type receiver struct {
 	cur      *group
 	queue    *appendQueue
 	appender sync.WaitGroup
+
+	policy func(context.Context, Policy) // ServerConfig.Policy for this disk
 }
+
+// Policy is the part of a disk's protection policy that the secondary
+// acts on, as the primary sends it.
+type Policy struct {
+	// Retention is how long records are kept, by their times; 0 keeps
+	// every record.
+	Retention time.Duration
+}
+
+// maxRetention bounds a received retention (a century), so that it
+// converts to a Duration.
+const maxRetention = 100 * 365 * 24 * time.Hour
 
 // refusal is an error the receiver reports to the primary with an error
 // frame before closing.
@@ -145,6 +159,19 @@ func (r *receiver) handle(ctx context.Context, f frame) error {
 		// done (drained), so the frame buffers may go.
 		if len(r.pending) == 0 {
 			r.fr.idle()
+		}
+		return nil
+	case framePolicy:
+		m, err := decodePolicy(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		p := Policy{Retention: maxRetention}
+		if m.Retention < uint64(maxRetention/time.Second) {
+			p.Retention = time.Duration(m.Retention) * time.Second
+		}
+		if r.policy != nil {
+			r.policy(ctx, p)
 		}
 		return nil
 	case frameSyncBegin:

@@ -306,6 +306,12 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 	if w.Version < MinProtocolVersion || w.Version > ProtocolVersion {
 		return SinkState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
 	}
+	if w.Version >= 2 {
+		p := policyMsg{Retention: uint64((s.cfg.Retention + time.Second - 1) / time.Second)}
+		if _, err := fw.write(framePolicy, p.encode()); err != nil {
+			return SinkState{}, err
+		}
+	}
 	st := w.State
 	var diverged error
 	switch {

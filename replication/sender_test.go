@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,25 @@ import (
 )
 
 const diskSize = 16 << 20
+
+// TestPolicyReachesSecondary: the sender's retention reaches the server's
+// Policy hook at each connection, in whole seconds (rounded up).
+func TestPolicyReachesSecondary(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Retention = 90*time.Minute + 500*time.Millisecond })
+	waitSynced(t, s, src, sink, 20*time.Second)
+	want := []string{"vm1 1h30m1s"}
+	got := sec.policiesSeen()
+	for deadline := time.Now().Add(10 * time.Second); len(got) == 0 && time.Now().Before(deadline); got = sec.policiesSeen() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("policies at the secondary = %q, want %q", got, want)
+	}
+}
 
 func TestShipUnderConcurrentWrites(t *testing.T) {
 	src := replicationtest.NewMemSource(diskSize, 0)

@@ -28,6 +28,9 @@ type ServerConfig struct {
 	// (the daemon completes the TLS handshake and reads the certificate).
 	// An error refuses the connection. Nil names every peer "".
 	Identify func(ctx context.Context, conn net.Conn) (site string, err error)
+	// Policy, when set, is told the policy a primary sends for its disk
+	// (protocol version 2, at each connection), before any record.
+	Policy func(ctx context.Context, site, disk string, p Policy)
 	// Logger receives connections (Info) and refusals (Warn). Nil
 	// discards.
 	Logger *slog.Logger
@@ -229,6 +232,9 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, site string) erro
 	log.Info("replication: primary connected", "version", version, "primary_head", h.Head, "head", st.Head.Seq, "consistent", st.Consistent)
 
 	r := &receiver{sink: sink, log: log, conn: conn, fr: fr, fw: fw, timeout: s.cfg.Timeout, st: st}
+	if s.cfg.Policy != nil {
+		r.policy = func(ctx context.Context, p Policy) { s.cfg.Policy(ctx, site, h.Disk, p) }
+	}
 	err = r.run(ctx)
 	var rf *refusal
 	switch {

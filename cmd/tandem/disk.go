@@ -94,6 +94,13 @@ func diskCommand() *cli.Command {
 					if d.Peer != "" {
 						fmt.Fprintf(tw, "peer:\t%s\n", d.Peer)
 					}
+					if d.Role == appliance.RoleReplica {
+						retention := "every record kept (the primary sent none)"
+						if d.Retention > 0 {
+							retention = time.Duration(d.Retention).String() + " (the primary's policy)"
+						}
+						fmt.Fprintf(tw, "retention:\t%s\n", retention)
+					}
 					if p := d.Policy; p != nil {
 						fmt.Fprintf(tw, "policy:\tmode %s, retention %s, checkpoint every %s, rpo alert %s, compress %s",
 							p.Mode, time.Duration(p.Retention), time.Duration(p.CheckpointEvery), time.Duration(p.RPOAlert), p.Compress)
