@@ -35,9 +35,8 @@
 // disk: Open(ctx, dir, log, size, opts) at start or when the replica is
 // created, hand the Disk to the replication Server's Lookup, export it as
 // NAME@latest (read-only), call Expire from the retention policy (or
-// Release, to a seq), and
-// Close it once the Server no longer routes to it, before closing the
-// journal.
+// Release, to a seq), and Close it once the Server no longer routes to
+// it, before closing the journal.
 //
 // # Secondary
 //

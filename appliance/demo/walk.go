@@ -105,6 +105,14 @@ func (r *runner) replicate(primary *site) error {
 	if _, err := r.tandem(secondary, "status"); err != nil {
 		return err
 	}
+	r.say("the replica keeps the primary's retention window (--retention, 24h by default)")
+	info, err := r.tandem(secondary, "disk", "info", "vol1")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(info, "24h0m0s (the primary's policy)") {
+		return fmt.Errorf("the replica's disk info does not show the primary's retention:\n%s", info)
+	}
 
 	r.title("The replica's newest point equals the primary (qemu-img compare)")
 	if _, err := r.run("qemu-img", "compare", "-f", "raw", "-F", "raw", primary.uri("vol1"), secondary.uri("vol1@latest")); err != nil {
