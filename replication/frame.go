@@ -94,7 +94,7 @@ type frameReader struct {
 }
 
 // maxFreeBuffers bounds the buffers a frameReader keeps for reuse.
-const maxFreeBuffers = 16
+const maxFreeBuffers = 4
 
 // take hands the caller the buffer that holds the payload of f, the frame
 // next returned last: the frameReader reads the next frames into other

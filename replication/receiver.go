@@ -17,7 +17,7 @@ import (
 // one AppendReceived while more are already buffered, up to these.
 const (
 	groupMaxBytes    = 32 << 20
-	streamMaxBytes   = 8 << 20 // a group, the queue and an append of the pipelined path (three may be in memory)
+	streamMaxBytes   = 8 << 20 // a group of the pipelined path (two may be in memory)
 	groupMaxRecords  = 64 << 10
 	progressEvery    = 16 << 20 // region bytes between SyncProgress calls
 	ackEveryInterval = 250 * time.Millisecond
@@ -48,9 +48,11 @@ type receiver struct {
 
 	// The pipelined path of a streaming connection (see stream.go): cur
 	// is the group being received; the appender goroutine appends the
-	// queued ones meanwhile.
+	// one before it meanwhile.
 	cur      *group
-	queue    *appendQueue
+	work     chan *group
+	results  chan error
+	busy     bool // a group was handed over and its result not yet taken
 	appender sync.WaitGroup
 
 	policy func(context.Context, Policy) // ServerConfig.Policy for this disk
