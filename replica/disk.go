@@ -74,7 +74,6 @@ type Disk struct {
 	opts   Options
 	logger *slog.Logger
 	fault  func(point string) error // test hook, see export_test.go
-	cpHook func()                   // test hook: a background checkpoint starts
 
 	rw    sync.RWMutex // store contents: readers shared, apply and commit exclusive
 	store *disk.File
@@ -91,8 +90,6 @@ type Disk struct {
 	chunks    int                  // staged chunks written for the sync
 	sinceCP   int64
 	lastCP    time.Time
-	cpRunning bool           // a background checkpoint is in flight
-	cpDone    sync.WaitGroup // the background checkpoint
 }
 
 var (
@@ -356,59 +353,12 @@ func (d *Disk) Apply(ctx context.Context, recs []journal.Record) error {
 	}
 	d.sinceCP += n
 	if d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery {
-		d.checkpointBehind(ctx)
+		if err := d.checkpoint(ctx); err != nil {
+			// The records are durable in the journal: report, don't fail.
+			d.logger.Warn("replica: checkpoint", logKeyErr, err)
+		}
 	}
 	return nil
-}
-
-// checkpointBehind starts a checkpoint that runs behind the appends,
-// unless one is running: the store's fdatasync takes tens of
-// milliseconds under load, and the receiver's next append (and in sync
-// mode the primary's writers) need not wait for it. d.mu held.
-func (d *Disk) checkpointBehind(ctx context.Context) {
-	if d.cpRunning {
-		return // the next Apply after it starts the next
-	}
-	d.sinceCP = 0
-	d.lastCP = time.Now()
-	if d.st.Sync != nil || !d.st.Initialized || d.applied == d.st.Applied {
-		return
-	}
-	d.cpRunning = true
-	applied, store, hook := d.applied, d.store, d.cpHook
-	d.cpDone.Add(1)
-	go func() {
-		defer d.cpDone.Done()
-		ctx := context.WithoutCancel(ctx)
-		if hook != nil {
-			hook()
-		}
-		// Everything applied through seq=applied is in the store before
-		// the fdatasync starts; applies racing with it are not counted.
-		err := store.Flush(ctx)
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		d.cpRunning = false
-		if err == nil && !d.closed && d.broken == nil && d.st.Sync == nil && d.st.Initialized && applied > d.st.Applied {
-			st := d.st
-			st.Applied = applied
-			err = d.persist(ctx, st)
-		}
-		if err != nil {
-			// The records are durable in the journal: report, don't fail.
-			d.logger.Warn("replica: checkpoint", logKeyErr, fmt.Errorf("checkpoint replica at seq=%d: %w", applied, err))
-		}
-	}()
-}
-
-// waitCheckpoint waits for a background checkpoint to finish, so the
-// store may be handed over or closed. d.mu held; it is let go meanwhile.
-func (d *Disk) waitCheckpoint() {
-	for d.cpRunning {
-		d.mu.Unlock()
-		d.cpDone.Wait()
-		d.mu.Lock()
-	}
 }
 
 // catchUp re-reads the head after a failed append, waiting for records
@@ -532,8 +482,8 @@ func (d *Disk) Release(ctx context.Context, upTo uint64) error {
 // Expire releases the retention journal's records written before t (by
 // the primary's clock, Record.Time) that the store holds durably: the
 // daemon's retention policy calls it with now minus the disk's retention.
-// Unlike Release it never syncs the store itself (the checkpoints behind
-// the appends move the durable point), so it never holds up the receiver.
+// Unlike Release it never syncs the store itself (Apply's checkpoints move
+// the durable point), so it never holds up the receiver.
 // During a sync nothing is released. It returns the journal's base.
 func (d *Disk) Expire(ctx context.Context, t time.Time) (uint64, error) {
 	if err := ctx.Err(); err != nil {
@@ -643,7 +593,6 @@ func (d *Disk) StorePath() string { return filepath.Join(d.dir, storeFile) }
 func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint()
 	if err := d.usable(); err != nil {
 		return nil, err
 	}
@@ -670,7 +619,6 @@ func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 func (d *Disk) Close(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint()
 	if d.closed {
 		return nil
 	}

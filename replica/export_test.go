@@ -17,30 +17,11 @@ func SetFault(d *Disk, fn func(point string) error) {
 	d.fault = fn
 }
 
-// SetCheckpointHook makes each background checkpoint call fn before it
-// syncs the store.
-func SetCheckpointHook(d *Disk, fn func()) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.cpHook = fn
-}
-
-// PersistedApplied is the last record the persisted state says the store
-// holds durably, once no background checkpoint is running.
-func PersistedApplied(d *Disk) uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.waitCheckpoint()
-	return d.st.Applied
-}
-
 // Crash closes the disk's files without a checkpoint or any other write,
-// as a killed process leaves them (a background checkpoint finishes
-// first: it holds the store's file).
+// as a killed process leaves them.
 func Crash(d *Disk) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint()
 	d.closed = true
 	_ = d.closeFiles()
 }

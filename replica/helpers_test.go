@@ -43,17 +43,11 @@ type replicaSite struct {
 	store *journal.Store
 	log   *journal.Log
 	disk  *replica.Disk
-	opts  replica.Options // the Logger is set by open
 }
 
 func openReplica(t testing.TB, dir string, size int64) *replicaSite {
 	t.Helper()
-	return openReplicaOpts(t, dir, size, replica.Options{})
-}
-
-func openReplicaOpts(t testing.TB, dir string, size int64, opts replica.Options) *replicaSite {
-	t.Helper()
-	s := &replicaSite{t: t, dir: dir, size: size, opts: opts}
+	s := &replicaSite{t: t, dir: dir, size: size}
 	s.open()
 	t.Cleanup(func() { s.close(false) })
 	return s
@@ -70,9 +64,7 @@ func (s *replicaSite) open() {
 	if err != nil {
 		s.t.Fatalf("open replica log: %v", err)
 	}
-	opts := s.opts
-	opts.Logger = journaltest.Logger()
-	s.disk, err = replica.Open(context.Background(), filepath.Join(s.dir, "replica"), s.log, s.size, opts)
+	s.disk, err = replica.Open(context.Background(), filepath.Join(s.dir, "replica"), s.log, s.size, replica.Options{Logger: journaltest.Logger()})
 	if err != nil {
 		s.t.Fatalf("replica.Open: %v", err)
 	}
