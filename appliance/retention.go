@@ -41,23 +41,37 @@ func (d *Daemon) setReplicaPolicy(ctx context.Context, site, name string, p repl
 // runRetention releases, every retentionEvery until ctx ends, the records
 // of each replica's retention journal that are older than its retention
 // (a replica whose primary never sent one keeps every record).
+// A failure is logged when it first appears (or changes), and again
+// when that disk's retention works once more, not every second.
 func (d *Daemon) runRetention(ctx context.Context) {
 	t := time.NewTicker(retentionEvery)
 	defer t.Stop()
+	failing := map[string]string{} // disk → the error last logged
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		for _, err := range d.expireReplicas(ctx, time.Now()) {
-			d.log.Warn("retention", "err", err)
+		errs := d.expireReplicas(ctx, time.Now())
+		for name, err := range errs {
+			if failing[name] != err.Error() {
+				failing[name] = err.Error()
+				d.log.Warn("retention", "disk", name, "err", err)
+			}
+		}
+		for name := range failing {
+			if _, ok := errs[name]; !ok {
+				delete(failing, name)
+				d.log.Info("retention works again", "disk", name)
+			}
 		}
 	}
 }
 
-// expireReplicas applies the retention of every replica disk at now.
-func (d *Daemon) expireReplicas(ctx context.Context, now time.Time) []error {
+// expireReplicas applies the retention of every replica disk at now and
+// returns the failures by disk.
+func (d *Daemon) expireReplicas(ctx context.Context, now time.Time) map[string]error {
 	type job struct {
 		name   string
 		od     *openDisk
@@ -71,11 +85,11 @@ func (d *Daemon) expireReplicas(ctx context.Context, now time.Time) []error {
 		}
 	}
 	d.mu.Unlock()
-	var errs []error
+	errs := map[string]error{}
 	for _, j := range jobs {
 		_, err := j.od.replica.Expire(ctx, j.cutoff)
 		if err != nil && ctx.Err() == nil && !errors.Is(err, replica.ErrClosed) { // closed: removed meanwhile
-			errs = append(errs, fmt.Errorf("expire replica %s before %s: %w", j.name, j.cutoff.Format(time.RFC3339), err))
+			errs[j.name] = fmt.Errorf("expire replica %s: %w", j.name, err)
 		}
 	}
 	return errs
