@@ -265,21 +265,10 @@ func (l *Log) rollbackLocked(failed *wentry, err error) {
 func (l *Log) Sync(ctx context.Context) error {
 	l.mu.Lock()
 	target, epoch := l.head, l.epoch
-	for l.commitSeq < target && l.epoch == epoch {
-		if l.closed {
-			l.mu.Unlock()
-			return fmt.Errorf("sync journal %s: %w", l.name, ErrClosed)
-		}
-		ch := l.notify
-		l.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		l.mu.Lock()
-	}
 	l.mu.Unlock()
+	if err := l.waitCommit(ctx, "sync", func() bool { return l.commitSeq >= target || l.epoch != epoch }); err != nil {
+		return err
+	}
 	if err := l.s.syncBarrier(ctx); err != nil {
 		return fmt.Errorf("sync journal %s: %w", l.name, err)
 	}
@@ -432,15 +421,22 @@ func (l *Log) Rebase(ctx context.Context, seq, sum uint64) error {
 // WaitAfter blocks until a record with a seq above seq is committed (and
 // so readable with ReadFrom), ctx ends or the log closes.
 func (l *Log) WaitAfter(ctx context.Context, seq uint64) error {
+	return l.waitCommit(ctx, "wait", func() bool { return l.commitSeq > seq })
+}
+
+// waitCommit blocks until done (called with l.mu held, at first and after
+// each commit) reports true, ctx ends, or the log closes (an error naming
+// op).
+func (l *Log) waitCommit(ctx context.Context, op string, done func() bool) error {
 	for {
 		l.mu.Lock()
-		if l.commitSeq > seq {
+		if done() {
 			l.mu.Unlock()
 			return nil
 		}
 		if l.closed {
 			l.mu.Unlock()
-			return fmt.Errorf("wait journal %s: %w", l.name, ErrClosed)
+			return fmt.Errorf("%s journal %s: %w", op, l.name, ErrClosed)
 		}
 		ch := l.notify
 		l.mu.Unlock()
