@@ -43,7 +43,11 @@ func (l *Log) ReadViews(ctx context.Context, from uint64, fn func(Record) error)
 	}
 	defer l.unpin(pinned)
 
-	var buf []byte
+	bp, _ := l.s.views.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer l.s.views.Put(bp)
 	single := false // after a failed run: read its records one by one
 	for i := 0; i < len(snap); {
 		if err := ctx.Err(); err != nil {
@@ -56,10 +60,10 @@ func (l *Log) ReadViews(ctx context.Context, from uint64, fn func(Record) error)
 			size += snap[j].size
 			j++
 		}
-		if int64(cap(buf)) < size {
-			buf = make([]byte, size)
+		if int64(cap(*bp)) < size {
+			*bp = make([]byte, size)
 		}
-		p := buf[:size]
+		p := (*bp)[:size]
 		if err := snap[i].seg.readAt(p, snap[i].off); err != nil {
 			if j > i+1 {
 				single = true // name the first record that cannot be read

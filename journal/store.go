@@ -77,6 +77,10 @@ type Store struct {
 	// aligned holds *[]byte buffers for direct I/O (see direct.go), shared
 	// by the logs that write with it and left to the GC when idle.
 	aligned sync.Pool
+	// views holds *[]byte read buffers of ReadViews, shared by the logs:
+	// a sender reads a batch every few milliseconds, and a fresh buffer
+	// each time cost the primary 8% of its CPU zeroing it.
+	views sync.Pool
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
