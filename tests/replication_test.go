@@ -429,4 +429,13 @@ func TestReplicationRetention(t *testing.T) {
 	}
 	waitCaughtUp(t, pri, "vol1", time.Minute)
 	compareReplica(t, pri, sec, "vol1")
+
+	// The secondary keeps the policy across a restart, before the primary
+	// is back to send it again.
+	pri.stop()
+	sec.kill()
+	sec.start()
+	if out := sec.mustTandem("disk", "info", "vol1"); !strings.Contains(out, "1s (the primary's policy)") {
+		t.Fatalf("replica's disk info after a restart of the secondary:\n%s\nwant the retention kept, 1s", out)
+	}
 }
