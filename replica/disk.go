@@ -461,22 +461,8 @@ func (d *Disk) Release(ctx context.Context, upTo uint64) error {
 	if err := d.usable(); err != nil {
 		return err
 	}
-	if d.st.Sync != nil {
-		return nil
-	}
-	if upTo > d.st.Applied {
-		if err := d.checkpoint(ctx); err != nil {
-			return fmt.Errorf("release replica journal to seq=%d: %w", upTo, err)
-		}
-	}
-	upTo = min(upTo, d.st.Applied)
-	if base, _ := d.log.Base(); upTo <= base {
-		return nil
-	}
-	if err := d.log.SetHold(HoldRetention, upTo); err != nil {
-		return fmt.Errorf("release replica journal to seq=%d: %w", upTo, err)
-	}
-	return nil
+	_, err := d.releaseLocked(ctx, upTo, true)
+	return err
 }
 
 // Expire releases the retention journal's records written before t (by
@@ -494,16 +480,29 @@ func (d *Disk) Expire(ctx context.Context, t time.Time) (uint64, error) {
 	if err := d.usable(); err != nil {
 		return 0, err
 	}
+	return d.releaseLocked(ctx, d.log.Before(t), false)
+}
+
+// releaseLocked moves the retention hold up to upTo, but not past what the
+// store holds durably (checkpointing first when checkpoint is set and
+// upTo is past it); during a sync it releases nothing. It returns the
+// journal's base. d.mu held.
+func (d *Disk) releaseLocked(ctx context.Context, upTo uint64, checkpoint bool) (uint64, error) {
 	base, _ := d.log.Base()
 	if d.st.Sync != nil {
 		return base, nil
 	}
-	upTo := min(d.log.Before(t), d.st.Applied)
+	if checkpoint && upTo > d.st.Applied {
+		if err := d.checkpoint(ctx); err != nil {
+			return base, fmt.Errorf("release replica journal to seq=%d: %w", upTo, err)
+		}
+	}
+	upTo = min(upTo, d.st.Applied)
 	if upTo <= base {
 		return base, nil
 	}
 	if err := d.log.SetHold(HoldRetention, upTo); err != nil {
-		return base, fmt.Errorf("expire replica journal to seq=%d: %w", upTo, err)
+		return base, fmt.Errorf("release replica journal to seq=%d: %w", upTo, err)
 	}
 	return upTo, nil
 }
