@@ -221,10 +221,20 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 
 // WriteAt writes p at off, in requests of at most MaxPayload.
 func (c *Client) WriteAt(p []byte, off int64) (int, error) {
+	return c.write(p, off, 0)
+}
+
+// WriteAtFUA is WriteAt with the FUA flag: each request returns once its
+// data is durable.
+func (c *Client) WriteAtFUA(p []byte, off int64) (int, error) {
+	return c.write(p, off, CmdFlagFUA)
+}
+
+func (c *Client) write(p []byte, off int64, flags uint16) (int, error) {
 	done := 0
 	for done < len(p) {
 		n := min(len(p)-done, MaxPayload)
-		if err := c.do(CmdWrite, 0, off+int64(done), uint32(n), p[done:done+n], nil); err != nil {
+		if err := c.do(CmdWrite, flags, off+int64(done), uint32(n), p[done:done+n], nil); err != nil {
 			return done, err
 		}
 		done += n

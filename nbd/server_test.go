@@ -115,6 +115,12 @@ func TestClientRoundTrip(t *testing.T) {
 	if got := mem.Flushes.Load(); got != 2 {
 		t.Fatalf("backend flushes after FUA zero = %d, want 2", got)
 	}
+	if _, err := c.WriteAtFUA([]byte("fua"), 7); err != nil {
+		t.Fatalf("WriteAtFUA: %v", err)
+	}
+	if got := mem.Flushes.Load(); got != 3 || !bytes.Equal(mem.Bytes()[7:10], []byte("fua")) {
+		t.Fatalf("after a FUA write: backend flushes = %d (want 3), data %q", got, mem.Bytes()[7:10])
+	}
 	c.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for exp.closes.Load() != 1 && time.Now().Before(deadline) {
