@@ -53,115 +53,153 @@ func decodeCrashBlock(block uint64, p []byte) (uint64, error) {
 }
 
 // blockState is what the test knows of one block: the newest version that
-// must have survived (flushed) and the newest version it ever sent.
+// must have survived (flushed, or written with FUA) and the newest version
+// it ever sent.
 type blockState struct {
 	durable uint64
 	sent    uint64
 }
 
+// crashLoad is the crash tests' workload on export vol1 of a site: it
+// writes whole-block patterns from several connections, with a FLUSH
+// after about one write in 8 and the FUA flag on one in 16, and keeps
+// what each block must hold after a crash.
+type crashLoad struct {
+	blocks, writers int
+	rng             *rand.Rand
+
+	mu      sync.Mutex
+	state   []blockState
+	writes  int64
+	flushes int64
+}
+
+func newCrashLoad(blocks, writers int) *crashLoad {
+	return &crashLoad{
+		blocks: blocks, writers: writers,
+		rng:   rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano()))),
+		state: make([]blockState, blocks),
+	}
+}
+
+// run writes to vol1 on s until ctx ends and returns once every writer
+// has stopped (after ctx ends, or when the daemon dies under it).
+func (l *crashLoad) run(ctx context.Context, t *testing.T, s *site, round int) *sync.WaitGroup {
+	t.Helper()
+	var wg sync.WaitGroup
+	l.writes, l.flushes = 0, 0
+	for w := 0; w < l.writers; w++ {
+		c, err := nbd.Dial(ctx, "unix", s.nbd, "vol1", nbd.ClientOptions{})
+		if err != nil {
+			t.Fatalf("round %d: dial: %v", round, err)
+		}
+		wg.Add(1)
+		go func(w int, c *nbd.Client, seed uint64) {
+			defer wg.Done()
+			defer c.Close()
+			l.write(ctx, c, w, rand.New(rand.NewPCG(seed, uint64(w))))
+		}(w, c, l.rng.Uint64())
+	}
+	return &wg
+}
+
+// write is one writer's loop.
+func (l *crashLoad) write(ctx context.Context, c *nbd.Client, w int, r *rand.Rand) {
+	// pending holds versions written since the last flush.
+	pending := map[uint64]uint64{}
+	for ctx.Err() == nil {
+		// Each writer owns the blocks b with b%writers == w, so one
+		// block's versions are written in order.
+		b := uint64(r.IntN(l.blocks/l.writers)*l.writers + w)
+		l.mu.Lock()
+		l.state[b].sent++
+		v := l.state[b].sent
+		l.mu.Unlock()
+		write := c.WriteAt
+		fua := r.IntN(16) == 0
+		if fua {
+			write = c.WriteAtFUA
+		}
+		if _, err := write(crashPattern(b, v), int64(b)*crashBlock); err != nil {
+			return
+		}
+		l.mu.Lock()
+		l.writes++
+		if fua {
+			l.state[b].durable = max(l.state[b].durable, v)
+		} else {
+			pending[b] = v
+		}
+		l.mu.Unlock()
+		if r.IntN(8) == 0 {
+			if err := c.Flush(ctx); err != nil {
+				return
+			}
+			l.mu.Lock()
+			for pb, pv := range pending {
+				l.state[pb].durable = max(l.state[pb].durable, pv)
+			}
+			l.flushes++
+			l.mu.Unlock()
+			clear(pending)
+		}
+	}
+}
+
+// check reads every block of vol1 from the restarted site: each holds a
+// whole write (never a torn one), at least the last durable version and
+// no version that was never sent. What survived becomes the floor.
+func (l *crashLoad) check(t *testing.T, s *site, round int) {
+	t.Helper()
+	buf := readAll(t, s, "vol1", l.blocks*crashBlock)
+	for b := uint64(0); b < uint64(l.blocks); b++ {
+		v, err := decodeCrashBlock(b, buf[b*crashBlock:(b+1)*crashBlock])
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		st := l.state[b]
+		if v < st.durable || v > st.sent {
+			t.Fatalf("round %d: block %d holds version %d, want between durable %d and sent %d", round, b, v, st.durable, st.sent)
+		}
+		// Versions above it that were lost will be sent again with new
+		// numbers.
+		l.state[b] = blockState{durable: v, sent: max(st.sent, v)}
+	}
+}
+
+// checkCleanRestart checks that a clean restart changes nothing: the
+// journal and the store agree.
+func checkCleanRestart(t *testing.T, s *site, n int) {
+	t.Helper()
+	before := readAll(t, s, "vol1", n)
+	s.stop()
+	s.start()
+	if after := readAll(t, s, "vol1", n); string(before) != string(after) {
+		t.Fatalf("a clean restart changed the disk")
+	}
+}
+
 // TestCrashKill9 writes patterns through NBD under load from several
 // connections, kills the daemon with SIGKILL at a random moment, restarts
-// it and checks every block: it holds a whole write (never a torn one), at
-// least the last flushed version, and no version that was never sent.
+// it and checks every block (see crashLoad.check).
 func TestCrashKill9(t *testing.T) {
-	const (
-		rounds  = 8
-		writers = 4
-		blocks  = 1024 // 4 MiB of the disk
-	)
+	const rounds, blocks = 8, 1024 // 4 MiB of the disk
 	s := newSite(t, "alpha")
 	s.start()
 	s.mustTandem("disk", "create", "vol1", "--size", "16M")
-	state := make([]blockState, blocks)
-	var mu sync.Mutex
-	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
-
+	load := newCrashLoad(blocks, 4)
 	for round := 0; round < rounds; round++ {
 		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		var writes, flushes int64
-		for w := 0; w < writers; w++ {
-			c, err := nbd.Dial(ctx, "unix", s.nbd, "vol1", nbd.ClientOptions{})
-			if err != nil {
-				t.Fatalf("round %d: dial: %v", round, err)
-			}
-			wg.Add(1)
-			go func(w int, c *nbd.Client, seed uint64) {
-				defer wg.Done()
-				defer c.Close()
-				r := rand.New(rand.NewPCG(seed, uint64(w)))
-				// pending holds versions written since the last flush.
-				pending := map[uint64]uint64{}
-				for ctx.Err() == nil {
-					// Each writer owns the blocks b with b%writers == w, so
-					// one block's versions are written in order.
-					b := uint64(r.IntN(blocks/writers)*writers + w)
-					mu.Lock()
-					state[b].sent++
-					v := state[b].sent
-					mu.Unlock()
-					if _, err := c.WriteAt(crashPattern(b, v), int64(b)*crashBlock); err != nil {
-						return
-					}
-					pending[b] = v
-					mu.Lock()
-					writes++
-					mu.Unlock()
-					if r.IntN(8) == 0 {
-						if err := c.Flush(ctx); err != nil {
-							return
-						}
-						mu.Lock()
-						for pb, pv := range pending {
-							if pv > state[pb].durable {
-								state[pb].durable = pv
-							}
-						}
-						flushes++
-						mu.Unlock()
-						clear(pending)
-					}
-				}
-			}(w, c, rng.Uint64())
-		}
-		time.Sleep(time.Duration(150+rng.IntN(600)) * time.Millisecond)
+		wg := load.run(ctx, t, s, round)
+		time.Sleep(time.Duration(150+load.rng.IntN(600)) * time.Millisecond)
 		s.kill()
 		cancel()
 		wg.Wait()
-		t.Logf("round %d: killed after %d writes, %d flushes", round, writes, flushes)
-
+		t.Logf("round %d: killed after %d writes, %d flushes", round, load.writes, load.flushes)
 		s.start()
-		c, err := nbd.Dial(context.Background(), "unix", s.nbd, "vol1", nbd.ClientOptions{})
-		if err != nil {
-			t.Fatalf("round %d: dial after restart: %v", round, err)
-		}
-		buf := make([]byte, blocks*crashBlock)
-		if _, err := c.ReadAt(buf, 0); err != nil {
-			t.Fatalf("round %d: read after restart: %v", round, err)
-		}
-		c.Close()
-		for b := uint64(0); b < blocks; b++ {
-			v, err := decodeCrashBlock(b, buf[b*crashBlock:(b+1)*crashBlock])
-			if err != nil {
-				t.Fatalf("round %d: %v", round, err)
-			}
-			st := state[b]
-			if v < st.durable || v > st.sent {
-				t.Fatalf("round %d: block %d holds version %d, want between flushed %d and sent %d", round, b, v, st.durable, st.sent)
-			}
-			// What survived is now the floor, and versions above it that
-			// were lost will be sent again with new numbers.
-			state[b] = blockState{durable: v, sent: max(st.sent, v)}
-		}
+		load.check(t, s, round)
 	}
-	// A clean restart changes nothing: the journal and the store agree.
-	before := readAll(t, s, "vol1", blocks*crashBlock)
-	s.stop()
-	s.start()
-	after := readAll(t, s, "vol1", blocks*crashBlock)
-	if string(before) != string(after) {
-		t.Fatalf("a clean restart changed the disk")
-	}
+	checkCleanRestart(t, s, blocks*crashBlock)
 }
 
 func readAll(t *testing.T, s *site, export string, n int) []byte {
