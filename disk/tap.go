@@ -636,6 +636,23 @@ func (t *Tap) Overflowed() bool {
 // it overflowed, or dirty regions are not yet cleared.
 func (t *Tap) NeedsResync() bool { return t.Overflowed() || t.dirty.Len() > 0 }
 
+// MarkDirty marks a range dirty, durably (the journal is synced), as if
+// it had been written without journaling: every resync plans it until one
+// that covered it clears it. Replication calls it for ranges the
+// secondary holds writes of that this disk lost in a crash.
+func (t *Tap) MarkDirty(ctx context.Context, off, length int64) error {
+	if off < 0 || length < 0 || off+length > t.store.Size() {
+		return fmt.Errorf("tap mark dirty off=%d len=%d: %w", off, length, ErrOutOfRange)
+	}
+	if length == 0 || !t.dirty.Mark(off, length) {
+		return nil
+	}
+	if err := t.persistDirty(ctx, true); err != nil {
+		return fmt.Errorf("tap mark dirty off=%d len=%d: %w", off, length, err)
+	}
+	return nil
+}
+
 // DirtyRegions returns the regions written without journaling, merged and
 // in disk order, with the generation to pass to ClearDirty.
 func (t *Tap) DirtyRegions() ([]Region, uint64) { return t.dirty.Regions() }

@@ -610,3 +610,35 @@ func TestTapAckerWaitHoldsNoLocks(t *testing.T) {
 		t.Errorf("acknowledged write = %v, want nil", err)
 	}
 }
+
+// TestTapMarkDirty: a range marked dirty (replication's reconcile) is a
+// dirty region like an unjournaled write's, kept across a restart, and
+// the tap keeps journaling.
+func TestTapMarkDirty(t *testing.T) {
+	ctx := context.Background()
+	e := newTapEnv(t, 16<<20, journal.Options{})
+	tap := newTap(t, e.file, e.log, disk.TapOptions{})
+	if err := tap.MarkDirty(ctx, 15<<20, 2<<20); !errors.Is(err, disk.ErrOutOfRange) {
+		t.Errorf("MarkDirty past the end: %v, want ErrOutOfRange", err)
+	}
+	if err := tap.MarkDirty(ctx, 3<<20, 100); err != nil {
+		t.Fatal(err)
+	}
+	regs, _ := tap.DirtyRegions()
+	if len(regs) != 1 || regs[0].Off > 3<<20 || regs[0].Off+regs[0].Len < 3<<20+100 {
+		t.Fatalf("DirtyRegions = %v, want one covering [3 MiB, +100)", regs)
+	}
+	if !tap.NeedsResync() || tap.Overflowed() {
+		t.Errorf("NeedsResync = %v, Overflowed = %v; want true, false", tap.NeedsResync(), tap.Overflowed())
+	}
+	if _, err := tap.WriteAt([]byte("journaled"), 0); err != nil || e.log.Head() != 1 {
+		t.Errorf("write after MarkDirty: %v, journal head %d; want journaled (1)", err, e.log.Head())
+	}
+	if err := tap.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tap2 := newTap(t, e.file, e.log, disk.TapOptions{})
+	if regs2, _ := tap2.DirtyRegions(); fmt.Sprint(regs2) != fmt.Sprint(regs) {
+		t.Errorf("DirtyRegions after restart = %v, want %v", regs2, regs)
+	}
+}

@@ -286,6 +286,53 @@ func (d *Disk) AppendDurable(ctx context.Context, recs []journal.Record) error {
 	return nil
 }
 
+// RangesAfter returns the ranges that the records after the record
+// `after` wrote, zeroed or trimmed; whole when records after it are no
+// longer kept. It fails with replication.ErrNotAgreed unless the journal
+// holds record after.Seq with sum after.Sum (as its base, or kept). See
+// replication.RangeLister.
+func (d *Disk) RangesAfter(ctx context.Context, after replication.Position) ([]replication.Region, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.usable(); err != nil {
+		return nil, false, err
+	}
+	base, baseSum := d.log.Base()
+	switch {
+	case after.Seq > d.head.Seq:
+		return nil, false, fmt.Errorf("%w: seq=%d is past the head seq=%d", replication.ErrNotAgreed, after.Seq, d.head.Seq)
+	case after.Seq < base:
+		return nil, false, fmt.Errorf("%w: seq=%d is released here (base seq=%d)", replication.ErrNotAgreed, after.Seq, base)
+	case after.Seq == base && after.Sum != baseSum:
+		return nil, false, fmt.Errorf("%w: seq=%d has sum %016x here, %016x at the primary", replication.ErrNotAgreed, after.Seq, baseSum, after.Sum)
+	}
+	var regions []replication.Region
+	from := after.Seq + 1
+	if after.Seq > base {
+		from = after.Seq // check the agreed record itself first
+	}
+	err := d.log.ReadFrom(ctx, from, func(r journal.Record) error {
+		if r.Seq > d.head.Seq {
+			return errStopRead
+		}
+		if r.Seq == after.Seq {
+			if r.Sum != after.Sum {
+				return fmt.Errorf("%w: seq=%d has sum %016x here, %016x at the primary", replication.ErrNotAgreed, r.Seq, r.Sum, after.Sum)
+			}
+			return nil
+		}
+		switch r.Kind {
+		case journal.KindWrite, journal.KindZero, journal.KindTrim:
+			regions = append(regions, replication.Region{Off: r.Off, Len: r.Len})
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopRead) {
+		return nil, false, fmt.Errorf("list ranges after seq=%d: %w", after, err)
+	}
+	return regions, false, nil
+}
+
 // errStopRead ends a journal read early.
 var errStopRead = errors.New("stop reading")
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -608,5 +609,44 @@ func TestDiskExpire(t *testing.T) {
 	checkImage(t, "replica after expiry and reopen", readAll(t, s.disk, testSize), m.img)
 	if through, err := s.disk.CheckChain(ctx); err != nil || through != recent.Seq {
 		t.Errorf("CheckChain after expiry = %d, %v; want %d", through, err, recent.Seq)
+	}
+}
+
+// TestDiskRangesAfter: a reconcile's ranges are those of the records
+// after the agreed one, which must be the replica's with the same sum;
+// a rewinding resync then takes the consistent point back to it.
+func TestDiskRangesAfter(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
+	m := newModel()
+	fullSync(t, s, m, c)
+	recs := []journal.Record{c.write(0, fill(4096, 1)), c.write(65536, fill(8192, 2)), c.write(1<<19, fill(4096, 3))}
+	if err := s.disk.AppendReceived(ctx, recs); err != nil {
+		t.Fatalf("AppendReceived: %v", err)
+	}
+	agreed := replication.Position{Seq: recs[0].Seq, Sum: recs[0].Sum}
+	got, whole, err := s.disk.RangesAfter(ctx, agreed)
+	want := []replication.Region{{Off: 65536, Len: 8192}, {Off: 1 << 19, Len: 4096}}
+	if err != nil || whole || !slices.Equal(got, want) {
+		t.Fatalf("RangesAfter(seq=%d) = %v, %v, %v; want %v", agreed.Seq, got, whole, err, want)
+	}
+	for _, p := range []replication.Position{
+		{Seq: agreed.Seq, Sum: agreed.Sum ^ 1}, // another history
+		{Seq: recs[2].Seq + 1},                 // past the head
+		{Seq: 3},                               // before the replica's base
+	} {
+		if _, _, err := s.disk.RangesAfter(ctx, p); !errors.Is(err, replication.ErrNotAgreed) {
+			t.Errorf("RangesAfter(%+v) error %v; want ErrNotAgreed", p, err)
+		}
+	}
+	// The resync that follows rewinds the consistent point to the
+	// agreed record, until it commits.
+	info := replication.SyncInfo{ID: 7, Base: replication.Position{Seq: agreed.Seq + 1, Sum: 0x77}, Rewind: true, After: agreed.Seq}
+	if err := s.disk.BeginSync(ctx, info); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	if st := mustState(t, s.disk); st.Consistent != agreed.Seq || st.Head != info.Base {
+		t.Errorf("state after a rewinding BeginSync: consistent %d head %+v; want %d and %+v", st.Consistent, st.Head, agreed.Seq, info.Base)
 	}
 }

@@ -137,6 +137,46 @@ func (s *Source) Head(ctx context.Context) (replication.Position, error) {
 // regions are not cleared yet.
 func (s *Source) NeedsResync() bool { return s.tap.NeedsResync() }
 
+// Agreed returns the record the replication hold names (the last one the
+// secondary acknowledged); ok is false while the hold is at 0. See
+// replication.Reconciler.
+func (s *Source) Agreed(ctx context.Context) (replication.Position, bool, error) {
+	seq, ok := s.log.Holds()[HoldReplication]
+	if !ok || seq == 0 {
+		return replication.Position{}, false, nil
+	}
+	base, baseSum := s.log.Base()
+	switch {
+	case seq == base:
+		return replication.Position{Seq: seq, Sum: baseSum}, true, nil
+	case seq < base:
+		return replication.Position{}, false, fmt.Errorf("agreed point: replication hold seq=%d below the journal base seq=%d", seq, base)
+	}
+	var p replication.Position
+	err := s.log.ReadViews(ctx, seq, func(r journal.Record) error {
+		p = replication.Position{Seq: r.Seq, Sum: r.Sum}
+		return errStop
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return replication.Position{}, false, fmt.Errorf("agreed point: read seq=%d: %w", seq, err)
+	}
+	if p.Seq != seq {
+		return replication.Position{}, false, fmt.Errorf("agreed point: seq=%d not in the journal", seq)
+	}
+	return p, true, nil
+}
+
+// MarkDirty marks the regions dirty in the tap, durably. See
+// replication.Reconciler.
+func (s *Source) MarkDirty(ctx context.Context, regions []replication.Region) error {
+	for _, r := range regions {
+		if err := s.tap.MarkDirty(ctx, r.Off, r.Len); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ReadFrom calls fn with the committed records from seq from onwards,
 // verified, as views (see journal.Log.ReadViews): fn keeps nothing.
 // Released records, and records after a gap of unjournaled writes that no

@@ -49,7 +49,14 @@ func (d *Disk) BeginSync(ctx context.Context, info replication.SyncInfo) error {
 		d.staging = nil
 	}
 	consistent := d.st.Applied
+	if info.Rewind && info.After < consistent {
+		// The store holds records past After that the primary lost; the
+		// sync's regions cover them, and until it commits the store is
+		// consistent only as of After.
+		consistent = info.After
+	}
 	s := info
+	s.Rewind, s.After = false, 0
 	s.CopiedThrough, s.Ended, s.End = 0, false, replication.Position{}
 	// Persist the new sync first: a crash from here on finds a sync with
 	// nothing copied, which Open sets up again from scratch.

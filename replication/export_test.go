@@ -53,6 +53,10 @@ func ParseFrames(b []byte) (int, error) {
 			_, err = decodeVerifyResp(f.payload)
 		case framePolicy:
 			_, err = decodePolicy(f.payload)
+		case frameReconcile:
+			_, err = decodeReconcile(f.payload)
+		case frameRanges:
+			_, err = decodeRanges(f.payload)
 		default:
 			err = ErrBadFrame
 		}
@@ -67,6 +71,20 @@ func EncodePolicy(retentionSeconds uint64) []byte {
 	return policyMsg{Retention: retentionSeconds}.encode()
 }
 
+// EncodeReconcile, EncodeRanges and EncodeSyncBeginAfter encode those
+// frames' payloads (version 3).
+func EncodeReconcile(seq, sum uint64) []byte {
+	return reconcileMsg{After: Position{Seq: seq, Sum: sum}}.encode()
+}
+
+func EncodeRanges(whole bool, regions []Region) []byte {
+	return rangesMsg{Whole: whole, Regions: regions}.encode()
+}
+
+func EncodeSyncBeginAfter(base, after uint64, hasAfter bool) []byte {
+	return syncBeginMsg{ID: 1, Base: Position{Seq: base}, After: after, HasAfter: hasAfter}.encode()
+}
+
 // Frame type numbers, for tests that build frames.
 const (
 	FrameHello    = uint8(frameHello)
@@ -75,6 +93,8 @@ const (
 	FrameWelcome  = uint8(frameWelcome)
 	FrameVerifyRq = uint8(frameVerifyReq)
 	FramePolicy   = uint8(framePolicy)
+	FrameReconc   = uint8(frameReconcile)
+	FrameRanges   = uint8(frameRanges)
 	FrameHeader   = frameHeaderSize
 )
 

@@ -50,11 +50,14 @@ const (
 	frameVerifyReq  frameType = 11 // primary → secondary: digests wanted for regions
 	frameVerifyResp frameType = 12 // secondary → primary: the digests
 	framePolicy     frameType = 13 // primary → secondary: the disk's policy (version 2)
+	frameReconcile  frameType = 14 // primary → secondary: diverged; which ranges did your records after seq touch? (version 3)
+	frameRanges     frameType = 15 // secondary → primary: those ranges (version 3)
 )
 
 func (t frameType) String() string {
 	names := [...]string{"", "hello", "welcome", "error", "records", "ack", "sync-begin",
-		"region", "region-zero", "sync-end", "ping", "verify-request", "verify-response", "policy"}
+		"region", "region-zero", "sync-end", "ping", "verify-request", "verify-response", "policy",
+		"reconcile", "ranges"}
 	if int(t) < len(names) && t != 0 {
 		return names[t]
 	}

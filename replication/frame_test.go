@@ -122,6 +122,9 @@ func FuzzDecodePayload(f *testing.F) {
 	f.Add(replication.FrameVerifyRq, replication.EncodeVerifyRequest([]replication.Region{{Off: 4096, Len: 4096}}), false)
 	f.Add(replication.FrameWelcome, make([]byte, 35), false)
 	f.Add(replication.FramePolicy, replication.EncodePolicy(86400), false)
+	f.Add(replication.FrameReconc, replication.EncodeReconcile(42, 0xfeed), false)
+	f.Add(replication.FrameRanges, replication.EncodeRanges(false, []replication.Region{{Off: 0, Len: 4096}, {Off: 1 << 20, Len: 512}}), false)
+	f.Add(replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 7, true), false)
 	f.Fuzz(func(t *testing.T, typ uint8, payload []byte, compress bool) {
 		if len(payload) > replication.MaxFramePayload {
 			return
@@ -180,5 +183,31 @@ func TestLyingLengthCostsLittle(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if per := (after.TotalAlloc - before.TotalAlloc) / 10; per > 1<<20 {
 		t.Errorf("a lying 16 MiB header cost %d bytes of allocation; want under 1 MiB", per)
+	}
+}
+
+// TestVersion3Payloads: the reconcile, ranges and version-3 sync-begin
+// payloads parse; an "after" past the base and a negative range do not.
+func TestVersion3Payloads(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		typ  uint8
+		p    []byte
+		ok   bool
+	}{
+		{"reconcile", replication.FrameReconc, replication.EncodeReconcile(42, 0xfeed), true},
+		{"reconcile short", replication.FrameReconc, replication.EncodeReconcile(42, 0xfeed)[:12], false},
+		{"ranges", replication.FrameRanges, replication.EncodeRanges(false, []replication.Region{{Off: 0, Len: 4096}}), true},
+		{"ranges whole", replication.FrameRanges, replication.EncodeRanges(true, nil), true},
+		{"ranges negative", replication.FrameRanges, replication.EncodeRanges(false, []replication.Region{{Off: -1, Len: 4096}}), false},
+		{"ranges count lies", replication.FrameRanges, replication.EncodeRanges(false, []replication.Region{{Off: 0, Len: 1}})[:10], false},
+		{"sync begin v2", replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 0, false), true},
+		{"sync begin v3", replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 7, true), true},
+		{"sync begin after past base", replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 11, true), false},
+	} {
+		_, err := replication.ParseFrames(replication.EncodeFrame(tc.typ, tc.p, false))
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err %v, want ok=%v", tc.name, err, tc.ok)
+		}
 	}
 }

@@ -11,7 +11,7 @@ import (
 // the secondary picks the highest both speak or refuses with an error
 // frame (errCodeVersion).
 const (
-	ProtocolVersion    = 2
+	ProtocolVersion    = 3
 	MinProtocolVersion = 1
 )
 
@@ -24,6 +24,7 @@ const (
 	errCodeSink        = 5 // the secondary could not store what it received
 	errCodeBusy        = 6 // the secondary is shutting down
 	errCodeSize        = 7 // disk sizes differ
+	errCodeDiverged    = 8 // a reconcile's point is not in the secondary's history
 )
 
 const maxString = 4096
@@ -246,6 +247,11 @@ type syncBeginMsg struct {
 	Full  bool
 	Base  Position
 	Total int64
+	// After (version 3, encoded only then) is the point the sync's
+	// regions cover writes after: the secondary's consistent point for a
+	// resync, or the reconcile's point after a divergence.
+	After    uint64
+	HasAfter bool
 }
 
 func (m syncBeginMsg) encode() []byte {
@@ -254,14 +260,23 @@ func (m syncBeginMsg) encode() []byte {
 	e.bool(m.Full)
 	e.pos(m.Base)
 	e.i64(m.Total)
+	if m.HasAfter {
+		e.u64(m.After)
+	}
 	return e.b
 }
 
 func decodeSyncBegin(p []byte) (syncBeginMsg, error) {
 	d := dec{b: p, typ: frameSyncBegin}
 	m := syncBeginMsg{ID: d.u64(), Full: d.bool(), Base: d.pos(), Total: d.i64()}
+	if d.err == nil && len(d.b) > 0 {
+		m.After, m.HasAfter = d.u64(), true
+	}
 	if m.Total < 0 {
 		d.fail("total %d", m.Total)
+	}
+	if m.HasAfter && m.After > m.Base.Seq {
+		d.fail("after seq=%d past base seq=%d", m.After, m.Base.Seq)
 	}
 	return m, d.done()
 }
@@ -359,6 +374,66 @@ func (m policyMsg) encode() []byte {
 func decodePolicy(p []byte) (policyMsg, error) {
 	d := dec{b: p, typ: framePolicy}
 	m := policyMsg{Retention: d.u64()}
+	return m, d.done()
+}
+
+// reconcileMsg (version 3) tells the secondary that the sites diverged —
+// it holds records the primary does not, after a crash of the primary
+// lost records it had already shipped — and asks for the ranges its
+// records after After touched. After is the last record the secondary
+// acknowledged, which the secondary checks it holds with the same sum.
+type reconcileMsg struct{ After Position }
+
+func (m reconcileMsg) encode() []byte {
+	var e enc
+	e.pos(m.After)
+	return e.b
+}
+
+func decodeReconcile(p []byte) (reconcileMsg, error) {
+	d := dec{b: p, typ: frameReconcile}
+	m := reconcileMsg{After: d.pos()}
+	return m, d.done()
+}
+
+// maxRangesRegions bounds a ranges frame; a secondary with more answers
+// Whole.
+const maxRangesRegions = 64 << 10
+
+// rangesMsg answers a reconcile: the ranges the secondary's records
+// after the reconcile's point touched, or Whole when it no longer keeps
+// them all (or they are too many to list).
+type rangesMsg struct {
+	Whole   bool
+	Regions []Region
+}
+
+func (m rangesMsg) encode() []byte {
+	var e enc
+	e.bool(m.Whole)
+	e.u32(uint32(len(m.Regions)))
+	for _, r := range m.Regions {
+		e.i64(r.Off)
+		e.i64(r.Len)
+	}
+	return e.b
+}
+
+func decodeRanges(p []byte) (rangesMsg, error) {
+	d := dec{b: p, typ: frameRanges}
+	m := rangesMsg{Whole: d.bool()}
+	n := d.u32()
+	if n > maxRangesRegions || int(n)*16 > len(d.b) {
+		d.fail("%d regions", n)
+		return m, d.err
+	}
+	m.Regions = make([]Region, n)
+	for i := range m.Regions {
+		m.Regions[i] = Region{Off: d.i64(), Len: d.i64()}
+		if r := m.Regions[i]; r.Off < 0 || r.Len < 0 {
+			d.fail("region off=%d len=%d", r.Off, r.Len)
+		}
+	}
 	return m, d.done()
 }
 

@@ -56,6 +56,13 @@ type receiver struct {
 	appender sync.WaitGroup
 
 	policy func(context.Context, Policy) // ServerConfig.Policy for this disk
+
+	// reconciled is set once this connection answered a reconcile: from
+	// then until a resync from the reconcile's point begins, nothing is
+	// acknowledged (the state the primary would learn is the one it is
+	// about to take back).
+	reconciled     bool
+	reconcileAfter uint64
 }
 
 // Policy is the part of a disk's protection policy that the secondary
@@ -181,14 +188,23 @@ func (r *receiver) handle(ctx context.Context, f frame) error {
 		if err != nil {
 			return refuse(errCodeProtocol, err)
 		}
-		if m.Base.Seq < r.st.Consistent && r.st.Initialized {
+		// A resync after a reconcile starts from the reconcile's point,
+		// and may have its base before the consistent point: it takes
+		// back the records past it.
+		rewind := r.reconciled && m.HasAfter && !m.Full && m.After <= r.reconcileAfter
+		if m.Base.Seq < r.st.Consistent && r.st.Initialized && !rewind {
 			return refuse(errCodeProtocol, fmt.Errorf("%w: sync base seq=%d before consistent point seq=%d", errProtocol, m.Base.Seq, r.st.Consistent))
 		}
-		info := SyncInfo{ID: m.ID, Full: m.Full, Base: m.Base, Total: m.Total}
+		info := SyncInfo{ID: m.ID, Full: m.Full, Base: m.Base, Total: m.Total, Rewind: rewind, After: m.After}
 		if err := r.sink.BeginSync(ctx, info); err != nil {
 			return refuse(errCodeSink, fmt.Errorf("begin sync base seq=%d: %w", m.Base.Seq, err))
 		}
-		r.log.Info("replication: sync begins", logSync, fmt.Sprintf("%016x", m.ID), "full", m.Full, "base", m.Base.Seq, "bytes", m.Total)
+		r.log.Info("replication: sync begins", logSync, fmt.Sprintf("%016x", m.ID), "full", m.Full, "base", m.Base.Seq, "bytes", m.Total,
+			"rewind", rewind)
+		if rewind {
+			r.st.Consistent = min(r.st.Consistent, m.After)
+		}
+		r.reconciled = false
 		r.st.Sync = &info
 		r.st.Head = m.Base
 		r.next = m.Base
@@ -247,6 +263,12 @@ func (r *receiver) handle(ctx context.Context, f frame) error {
 		}
 		s.Ended, s.End = true, m.End
 		return r.maybeCommit(ctx)
+	case frameReconcile:
+		m, err := decodeReconcile(f.payload)
+		if err != nil {
+			return refuse(errCodeProtocol, err)
+		}
+		return r.onReconcile(ctx, m)
 	case frameVerifyReq:
 		m, err := decodeVerifyReq(f.payload)
 		if err != nil {
@@ -384,6 +406,9 @@ func (r *receiver) progress(ctx context.Context) error {
 
 // ack tells the primary what is durable.
 func (r *receiver) ack() error {
+	if r.reconciled {
+		return nil // see reconciled
+	}
 	m := ackMsg{Head: r.st.Head.Seq, Consistent: r.st.Consistent, Syncing: r.st.Sync != nil, Committed: r.committed}
 	if r.st.Sync != nil {
 		m.CopiedThrough = r.st.Sync.CopiedThrough
@@ -428,4 +453,38 @@ func (r *receiver) onVerify(ctx context.Context, m verifyReqMsg) error {
 	_ = r.conn.SetWriteDeadline(time.Now().Add(r.timeout))
 	_, err := r.fw.write(frameVerifyResp, resp.encode())
 	return err
+}
+
+// onReconcile answers a reconcile with the ranges that the replica's
+// records after m.After touched (Whole when the sink cannot list them).
+func (r *receiver) onReconcile(ctx context.Context, m reconcileMsg) error {
+	var resp rangesMsg
+	rc, ok := r.sink.(RangeLister)
+	if !ok {
+		return refuse(errCodeDiverged, fmt.Errorf("%w: this replica cannot list its records' ranges", ErrNotAgreed))
+	}
+	{
+		regions, whole, err := rc.RangesAfter(ctx, m.After)
+		if errors.Is(err, ErrNotAgreed) {
+			return refuse(errCodeDiverged, fmt.Errorf("reconcile after seq=%d: %w", m.After.Seq, err))
+		}
+		if err != nil {
+			return refuse(errCodeSink, fmt.Errorf("list ranges after seq=%d: %w", m.After.Seq, err))
+		}
+		resp.Whole = whole
+		if !whole {
+			resp.Regions = normalizeRegions(regions, r.sink.Size())
+		}
+	}
+	if len(resp.Regions) > maxRangesRegions {
+		resp = rangesMsg{Whole: true}
+	}
+	r.log.Warn("replication: the primary lost records this replica holds; answering with the ranges they touched",
+		"after", m.After.Seq, "head", r.st.Head.Seq, "regions", len(resp.Regions), "whole", resp.Whole)
+	_ = r.conn.SetWriteDeadline(time.Now().Add(r.timeout))
+	if _, err := r.fw.write(frameRanges, resp.encode()); err != nil {
+		return err
+	}
+	r.reconciled, r.reconcileAfter = true, m.After.Seq
+	return nil
 }

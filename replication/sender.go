@@ -274,42 +274,55 @@ func (s *Sender) session(parent context.Context) (flowed bool, err error) {
 	return true, err
 }
 
+// peerState is what a handshake learned of the secondary.
+type peerState struct {
+	SinkState
+	// version is the protocol version the secondary chose.
+	version uint16
+	// rewind is set after a reconcile: the connection starts with a
+	// resync of the writes after `after`, which also takes back the
+	// secondary's records past it.
+	rewind bool
+	after  uint64
+}
+
 // handshake sends Hello and reads Welcome, checking version and
-// divergence, and records the secondary's state.
-func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, fr *frameReader) (SinkState, error) {
+// divergence, and records the secondary's state. A divergence is
+// reconciled when both sides can (see reconcile).
+func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, fr *frameReader) (peerState, error) {
 	head, err := s.src.Head(ctx)
 	if err != nil {
-		return SinkState{}, fmt.Errorf("read journal head: %w", err)
+		return peerState{}, fmt.Errorf("read journal head: %w", err)
 	}
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.Timeout))
 	hello := helloMsg{MinVersion: MinProtocolVersion, MaxVersion: ProtocolVersion,
 		Disk: s.cfg.Disk, Size: s.src.Size(), Head: head.Seq}
 	if _, err := fw.write(frameHello, hello.encode()); err != nil {
-		return SinkState{}, err
+		return peerState{}, err
 	}
 	f, err := fr.next()
 	if err != nil {
-		return SinkState{}, fmt.Errorf("read welcome: %w", err)
+		return peerState{}, fmt.Errorf("read welcome: %w", err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	switch f.typ {
 	case frameWelcome:
 	case frameError:
-		return SinkState{}, peerError(f.payload)
+		return peerState{}, peerError(f.payload)
 	default:
-		return SinkState{}, fmt.Errorf("%w: %s frame instead of welcome", ErrBadFrame, f.typ)
+		return peerState{}, fmt.Errorf("%w: %s frame instead of welcome", ErrBadFrame, f.typ)
 	}
 	w, err := decodeWelcome(f.payload)
 	if err != nil {
-		return SinkState{}, err
+		return peerState{}, err
 	}
 	if w.Version < MinProtocolVersion || w.Version > ProtocolVersion {
-		return SinkState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
+		return peerState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
 	}
 	if w.Version >= 2 {
 		p := policyMsg{Retention: uint64((s.cfg.Retention + time.Second - 1) / time.Second)}
 		if _, err := fw.write(framePolicy, p.encode()); err != nil {
-			return SinkState{}, err
+			return peerState{}, err
 		}
 	}
 	st := w.State
@@ -322,10 +335,21 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 		// that seq, when the primary still keeps it.
 		r, ok, err := s.recordAt(ctx, st.Head.Seq)
 		if err != nil {
-			return SinkState{}, fmt.Errorf("read journal seq=%d: %w", st.Head.Seq, err)
+			return peerState{}, fmt.Errorf("read journal seq=%d: %w", st.Head.Seq, err)
 		}
 		if ok && r.Sum != st.Head.Sum {
 			diverged = fmt.Errorf("%w: record seq=%d has sum %016x here, %016x at the secondary", ErrDiverged, st.Head.Seq, r.Sum, st.Head.Sum)
+		}
+	}
+	ps := peerState{SinkState: st, version: w.Version}
+	if diverged != nil {
+		after, ok, err := s.reconcile(ctx, conn, fw, fr, w.Version, diverged)
+		if err != nil {
+			return peerState{}, err
+		}
+		if ok {
+			diverged = nil
+			ps.rewind, ps.after = true, after
 		}
 	}
 	s.mu.Lock()
@@ -333,22 +357,94 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 	s.st.head = max(s.st.head, head.Seq)
 	if diverged != nil {
 		s.st.diverged = true
-		return SinkState{}, diverged
+		return peerState{}, diverged
 	}
 	s.st.connected = true
 	s.st.lastErr = ""
 	// During a sync the secondary's records past its consistent point may
 	// yet be discarded (a new sync replaces this one): they do not count
-	// as held until the sync commits.
-	s.st.ackHead = st.Head.Seq
-	if st.Sync != nil {
-		s.st.ackHead = st.Consistent
+	// as held until the sync commits. After a reconcile nothing past the
+	// point both sides agree on counts.
+	switch {
+	case ps.rewind:
+		s.st.ackHead, s.st.consistent, s.st.sent = ps.after, ps.after, ps.after
+	case st.Sync != nil:
+		s.st.ackHead, s.st.consistent, s.st.sent = st.Consistent, st.Consistent, st.Head.Seq
+	default:
+		s.st.ackHead, s.st.consistent, s.st.sent = st.Head.Seq, st.Consistent, st.Head.Seq
 	}
-	s.st.consistent = st.Consistent
-	s.st.sent = st.Head.Seq
 	s.st.inflight = s.st.inflight[:0]
 	s.broadcastLocked()
-	return st, nil
+	return ps, nil
+}
+
+// reconcile recovers from a divergence in which the secondary holds
+// records that the primary does not: the primary crashed (a power cut)
+// after shipping records it had not yet made durable itself, and
+// restarted without them. Those writes were never flushed here, so
+// losing them is within the primary's contract, but the replica holds
+// them. With protocol version 3 and a Reconciler source, the primary asks
+// the secondary for the ranges its records after the point both sides
+// agree on touched, marks them dirty here (durably, so that a restart
+// mid-way plans them again) and reports ok: the connection then starts
+// with a resync of everything after that point, which takes the
+// secondary's extra records back. Otherwise it reports !ok and the
+// divergence stands until the disk is protected again.
+func (s *Sender) reconcile(ctx context.Context, conn net.Conn, fw *frameWriter, fr *frameReader, version uint16, diverged error) (after uint64, ok bool, err error) {
+	rc, able := s.src.(Reconciler)
+	if version < 3 || !able {
+		return 0, false, nil
+	}
+	agreed, ok, err := rc.Agreed(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("reconcile: %w", err)
+	}
+	if !ok {
+		return 0, false, nil // never acknowledged: nothing to agree on
+	}
+	after = agreed.Seq
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.Timeout))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := fw.write(frameReconcile, reconcileMsg{After: agreed}.encode()); err != nil {
+		return 0, false, err
+	}
+	var m rangesMsg
+	for m.Regions == nil && !m.Whole {
+		f, err := fr.next()
+		if err != nil {
+			return 0, false, fmt.Errorf("read ranges: %w", err)
+		}
+		switch f.typ {
+		case frameAck: // of the frames before: the state is the welcome's
+			continue
+		case frameRanges:
+			if m, err = decodeRanges(f.payload); err != nil {
+				return 0, false, err
+			}
+			if m.Regions == nil {
+				m.Regions = []Region{}
+			}
+		case frameError:
+			return 0, false, fmt.Errorf("%w (reconcile refused: %w)", diverged, peerError(f.payload))
+		default:
+			return 0, false, fmt.Errorf("%w: %s frame instead of ranges", ErrBadFrame, f.typ)
+		}
+	}
+	regions := m.Regions
+	if m.Whole {
+		regions = []Region{{Off: 0, Len: s.src.Size()}}
+	}
+	regions = normalizeRegions(regions, s.src.Size())
+	if err := rc.MarkDirty(ctx, regions); err != nil {
+		return 0, false, fmt.Errorf("reconcile: mark the secondary's ranges dirty: %w", err)
+	}
+	var n int64
+	for _, r := range regions {
+		n += r.Len
+	}
+	s.cfg.Logger.Warn("replication: the secondary holds writes this site lost (a crash before they were flushed here); resyncing the regions they touched",
+		logDisk, s.cfg.Disk, "cause", diverged, "agreed", after, "regions", len(regions), "bytes", n, "whole", m.Whole)
+	return after, true, nil
 }
 
 // peerError turns an error frame into an error wrapping ErrRefused.

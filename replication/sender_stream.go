@@ -27,8 +27,10 @@ type streamer struct {
 	conn net.Conn
 	fw   *frameWriter
 	lim  *limiter
-	buf  []byte // records payload
-	rbuf []byte // region payload: header room + RegionSize
+	// version is the protocol version of the connection.
+	version uint16
+	buf     []byte // records payload
+	rbuf    []byte // region payload: header room + RegionSize
 	// track lists the ranges of the batch's records for a running verify.
 	track []trackedWrite
 	// prev is the last record sent (or the point shipping starts from):
@@ -38,12 +40,18 @@ type streamer struct {
 
 // writeLoop decides between resuming a sync, starting one and streaming,
 // then streams records until the connection fails.
-func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, st SinkState) error {
-	w := &streamer{s: s, conn: conn, fw: fw, lim: s.lim}
+func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, st peerState) error {
+	w := &streamer{s: s, conn: conn, fw: fw, lim: s.lim, version: st.version}
 	s.mu.Lock()
 	job := s.st.sync
 	s.mu.Unlock()
 	switch {
+	case st.rewind:
+		base, err := w.startSync(ctx, false, st.after)
+		if err != nil {
+			return err
+		}
+		w.prev = base
 	case st.Sync != nil && job != nil && st.Sync.ID == job.info.ID:
 		s.cfg.Logger.Info("replication: resuming sync", logDisk, s.cfg.Disk, logSync, fmt.Sprintf("%016x", job.info.ID),
 			"copied_through", st.Sync.CopiedThrough, "ended", st.Sync.Ended)
@@ -132,7 +140,8 @@ func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (Posi
 	s.mu.Unlock()
 	s.cfg.Logger.Info("replication: sync starting", logDisk, s.cfg.Disk, logSync, fmt.Sprintf("%016x", job.info.ID),
 		"full", full, "base", plan.Base.Seq, "regions", len(job.regions), "bytes", job.info.Total)
-	m := syncBeginMsg{ID: job.info.ID, Full: full, Base: plan.Base, Total: job.info.Total}
+	m := syncBeginMsg{ID: job.info.ID, Full: full, Base: plan.Base, Total: job.info.Total,
+		After: after, HasAfter: w.version >= 3}
 	if err := w.send(ctx, frameSyncBegin, m.encode(), 0); err != nil {
 		return Position{}, err
 	}

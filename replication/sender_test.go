@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -362,7 +363,14 @@ func TestDivergenceDetected(t *testing.T) {
 		for i := 0; i < n; i++ {
 			other.Write(int64(i)*4096, []byte("history B"))
 		}
-		s2, _ := startSender(t, other, d.dial, nil)
+		// The second one claims the secondary acknowledged its record
+		// at the replica's head: the secondary finds a different sum
+		// there and refuses to reconcile.
+		var src replication.Source = other
+		if n == 20 {
+			src = claimsAgreed{other, replication.Position{Seq: wantSeq, Sum: 0x5eed}}
+		}
+		s2, _ := startSender(t, src, d.dial, nil)
 		deadline := time.Now().Add(5 * time.Second)
 		for !strings.Contains(s2.Status(context.Background()).LastError, "diverged") {
 			if time.Now().After(deadline) {
@@ -373,12 +381,25 @@ func TestDivergenceDetected(t *testing.T) {
 		if st := s2.Status(context.Background()); st.State != replication.StatePaused {
 			t.Errorf("primary with %d records: state %s; want %s", n, st.State, replication.StatePaused)
 		}
+		if n == 20 && !strings.Contains(sec.logs.String(), "does not hold the reconcile's point") {
+			t.Errorf("the secondary did not refuse the made-up reconcile:\n%s", sec.logs.String())
+		}
 		closeSender(t, s2)
 		got, gotSeq := sink.Snapshot()
 		if gotSeq != wantSeq || !bytes.Equal(got, want) {
 			t.Errorf("primary with %d records: replica changed (seq %d, want %d)", n, gotSeq, wantSeq)
 		}
 	}
+}
+
+// claimsAgreed is a source whose agreed point is made up.
+type claimsAgreed struct {
+	*replicationtest.MemSource
+	p replication.Position
+}
+
+func (c claimsAgreed) Agreed(context.Context) (replication.Position, bool, error) {
+	return c.p, true, nil
 }
 
 // TestDamagedRecordNotShipped damages a record in the primary's journal:
@@ -569,5 +590,66 @@ func TestSyncResumesAfterCut(t *testing.T) {
 	}
 	if got := sink.Commits(); got != 1 {
 		t.Errorf("sink committed %d syncs; want 1", got)
+	}
+}
+
+// TestReconcileAfterPrimaryLostTail: the primary ships records, then
+// crashes and loses some of them (they were never flushed there), so the
+// secondary holds records the primary does not. With few new writes
+// after the restart the secondary's head is past the primary's; with
+// many, the two have different records under the same seqs. Either way
+// the sender reconciles: the secondary names the ranges its extra
+// records touched, a resync from the agreed point covers them, and the
+// replica ends identical to the primary.
+func TestReconcileAfterPrimaryLostTail(t *testing.T) {
+	for _, after := range []int{3, 40} {
+		t.Run(fmt.Sprintf("%d writes after the crash", after), func(t *testing.T) {
+			src := replicationtest.NewMemSource(diskSize, 0)
+			sink := replicationtest.NewMemSink(diskSize)
+			sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+			d := newDialer(sec.addr())
+			s, _ := startSender(t, src, d.dial, nil)
+			for i := 0; i < 10; i++ {
+				src.Write(int64(i)*8192, []byte("acknowledged"))
+			}
+			waitSynced(t, s, src, sink, 10*time.Second)
+			agreed, _ := src.Head(context.Background())
+
+			// Records shipped and held by the secondary, never made
+			// durable at the primary.
+			src.HoldAcks(true)
+			for i := 0; i < 20; i++ {
+				src.Write(int64(100+i)*8192, []byte("shipped, then lost at the primary"))
+			}
+			head, _ := src.Head(context.Background())
+			deadline := time.Now().Add(10 * time.Second)
+			for _, seq := sink.Snapshot(); seq < head.Seq; _, seq = sink.Snapshot() {
+				if time.Now().After(deadline) {
+					t.Fatalf("secondary holds seq=%d, want %d", seq, head.Seq)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			closeSender(t, s)
+			if n := src.LoseTail(agreed.Seq + 5); n != 15 {
+				t.Fatalf("LoseTail lost %d records, want 15", n)
+			}
+			src.HoldAcks(false)
+			for i := 0; i < after; i++ {
+				src.Write(int64(200+i)*8192, []byte("written after the restart"))
+			}
+
+			s, logs := startSender(t, src, d.dial, nil)
+			waitSynced(t, s, src, sink, 10*time.Second)
+			if !strings.Contains(logs.String(), "resyncing the regions they touched") {
+				t.Errorf("no reconcile logged:\n%s", logs.String())
+			}
+			if _, err := sink.CheckChain(context.Background()); err != nil {
+				t.Errorf("replica chain after reconcile: %v", err)
+			}
+			// And it goes on as usual.
+			src.Write(0, []byte("after the reconcile"))
+			waitSynced(t, s, src, sink, 10*time.Second)
+			closeSender(t, s)
+		})
 	}
 }

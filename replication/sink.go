@@ -33,7 +33,30 @@ type SyncInfo struct {
 	// records through End are durable.
 	Ended bool
 	End   Position
+	// Rewind is set (on BeginSync only) for a resync after a reconcile
+	// (protocol version 3): the replica holds records past After that the
+	// primary lost; the sync's regions cover every range they touched,
+	// and the replica's consistent point goes back to After until the
+	// sync commits.
+	Rewind bool
+	After  uint64
 }
+
+// RangeLister is implemented by sinks that can list the ranges their
+// records after a seq touched, which the primary resyncs after a
+// divergence (see SyncInfo.Rewind). Without it the receiver answers that
+// the whole disk must be copied.
+type RangeLister interface {
+	// RangesAfter returns the ranges of the records after the record
+	// `after`, or whole when some of them are no longer kept. It fails
+	// with an error wrapping ErrNotAgreed when the sink's history does not
+	// hold record after.Seq with sum after.Sum (or cannot tell).
+	RangesAfter(ctx context.Context, after Position) (regions []Region, whole bool, err error)
+}
+
+// ErrNotAgreed reports a reconcile whose point is not in the secondary's
+// history: the sites' histories differ, and nothing is taken back.
+var ErrNotAgreed = errors.New("replication: the secondary's history does not hold the reconcile's point")
 
 // SinkState is the secondary's durable state for one replica disk, as it
 // was at the last successful call of the Sink. The receiver sends it to

@@ -110,6 +110,22 @@ type Source interface {
 	io.ReaderAt
 }
 
+// Reconciler is implemented by sources that can recover from a
+// divergence in which the secondary holds records the primary lost (see
+// Sender's reconcile, protocol version 3). Without it such a divergence
+// holds shipping until the disk is protected again.
+type Reconciler interface {
+	// Agreed returns the last record a secondary acknowledged (its seq
+	// and sum), which the source keeps knowing across restarts; ok is
+	// false when none ever was. The secondary checks that it holds that
+	// record before any of its own is taken back: an unrelated history
+	// is never reconciled.
+	Agreed(ctx context.Context) (p Position, ok bool, err error)
+	// MarkDirty marks regions dirty, durably: every resync plans them
+	// until one that covered them commits (SyncCommitted).
+	MarkDirty(ctx context.Context, regions []Region) error
+}
+
 // Backlogger is implemented by sources that can count the records and
 // bytes after a sequence number cheaply. When absent, the Sender estimates
 // the lag in bytes from the records it has read.

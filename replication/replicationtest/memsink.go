@@ -42,6 +42,7 @@ type stagedOp struct {
 
 var _ replication.Sink = (*MemSink)(nil)
 var _ replication.ChainChecker = (*MemSink)(nil)
+var _ replication.RangeLister = (*MemSink)(nil)
 
 // NewMemSink returns an empty replica of size bytes.
 func NewMemSink(size int64) *MemSink { return &MemSink{store: make([]byte, size)} }
@@ -106,9 +107,46 @@ func (s *MemSink) BeginSync(ctx context.Context, info replication.SyncInfo) erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.staged, s.pending = nil, nil
+	if info.Rewind {
+		n := 0
+		for n < len(s.journal) && s.journal[n].Seq <= info.After {
+			n++
+		}
+		s.journal = s.journal[:n]
+		s.state.Consistent = min(s.state.Consistent, info.After)
+	}
 	s.state.Sync = &info
 	s.state.Head = info.Base
 	return nil
+}
+
+// RangesAfter returns the ranges of the journal's records after the
+// record `after`, which it must hold with the same sum.
+func (s *MemSink) RangesAfter(ctx context.Context, after replication.Position) ([]replication.Region, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	agreed := false
+	var regions []replication.Region
+	for i, r := range s.journal {
+		switch {
+		case r.Seq == after.Seq:
+			if r.Sum != after.Sum {
+				return nil, false, fmt.Errorf("%w: seq=%d sum differs", replication.ErrNotAgreed, r.Seq)
+			}
+			agreed = true
+		case r.Seq > after.Seq:
+			if i == 0 && r.Seq == after.Seq+1 && r.PrevSum == after.Sum && after.Seq > 0 {
+				agreed = true
+			}
+			if r.Kind != journal.KindMarker {
+				regions = append(regions, replication.Region{Off: r.Off, Len: r.Len})
+			}
+		}
+	}
+	if !agreed {
+		return nil, false, fmt.Errorf("%w: seq=%d not held", replication.ErrNotAgreed, after.Seq)
+	}
+	return regions, false, nil
 }
 
 // WriteRegion stages data.

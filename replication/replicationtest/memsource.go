@@ -39,6 +39,8 @@ type MemSource struct {
 	limit     int64
 	head      replication.Position
 	acked     uint64
+	ackedSum  uint64
+	holdAcks  bool                // acknowledgements release nothing (HoldAcks)
 	stopped   bool                // StopJournaling: not journaling
 	gen       uint64              // dirty mark generation
 	dirty     map[int64]dirtyMark // block → mark
@@ -54,6 +56,7 @@ type dirtyMark struct{ seq, gen uint64 }
 
 var _ replication.Source = (*MemSource)(nil)
 var _ replication.Backlogger = (*MemSource)(nil)
+var _ replication.Reconciler = (*MemSource)(nil)
 
 // NewMemSource returns a zeroed disk of size bytes whose journal keeps up
 // to limit bytes of unacknowledged records (0: unlimited) and overflows
@@ -212,12 +215,18 @@ func (m *MemSource) WaitAfter(ctx context.Context, seq uint64) error {
 func (m *MemSource) Acked(ctx context.Context, seq uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.holdAcks {
+		return nil
+	}
 	if seq < m.acked {
 		return fmt.Errorf("acked seq=%d after seq=%d", seq, m.acked)
 	}
 	m.acked = seq
 	n := 0
 	for n < len(m.recs) && m.recs[n].Seq <= seq {
+		if m.recs[n].Seq == seq {
+			m.ackedSum = m.recs[n].Sum
+		}
 		m.keptBytes -= int64(len(m.recs[n].Data)) + journal.HeaderSize
 		n++
 	}
@@ -346,4 +355,58 @@ func (m *MemSource) Tamper(seq uint64) {
 	recs := append([]journal.Record(nil), m.recs...)
 	recs[i] = r
 	m.recs = recs
+}
+
+// Agreed returns the last acknowledged record.
+func (m *MemSource) Agreed(ctx context.Context) (replication.Position, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return replication.Position{Seq: m.acked, Sum: m.ackedSum}, m.acked > 0, nil
+}
+
+// MarkDirty marks the regions' blocks dirty.
+func (m *MemSource) MarkDirty(ctx context.Context, regions []replication.Region) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gen++
+	for _, r := range regions {
+		m.markLocked(r.Off, r.Len, dirtyMark{gen: m.gen})
+	}
+	return nil
+}
+
+// LoseTail simulates a crash that lost the records after seq (which must
+// be kept, or the last acknowledged): they leave the journal, and the
+// store's bytes they wrote become 0xEE, as an unknown mix of old and new
+// data would be. It returns the number of records lost.
+func (m *MemSource) LoseTail(seq uint64) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	head := replication.Position{Seq: m.acked, Sum: m.ackedSum}
+	n := 0
+	for n < len(m.recs) && m.recs[n].Seq <= seq {
+		head = replication.Position{Seq: m.recs[n].Seq, Sum: m.recs[n].Sum}
+		n++
+	}
+	lost := m.recs[n:]
+	for _, r := range lost {
+		m.keptBytes -= int64(len(r.Data)) + journal.HeaderSize
+		if r.Kind != journal.KindMarker {
+			for i := r.Off; i < r.Off+r.Len; i++ {
+				m.data[i] = 0xEE
+			}
+		}
+	}
+	m.recs = m.recs[:n]
+	m.head = head
+	return len(lost)
+}
+
+// HoldAcks makes acknowledgements release nothing and leave the agreed
+// point where it is, as a primary whose journal holds never reached its
+// disk before a crash.
+func (m *MemSource) HoldAcks(hold bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.holdAcks = hold
 }
