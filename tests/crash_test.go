@@ -67,6 +67,8 @@ type blockState struct {
 type crashLoad struct {
 	blocks, writers int
 	rng             *rand.Rand
+	// ackDurable: every acknowledged write is durable (sync replication).
+	ackDurable bool
 
 	mu      sync.Mutex
 	state   []blockState
@@ -125,7 +127,7 @@ func (l *crashLoad) write(ctx context.Context, c *nbd.Client, w int, r *rand.Ran
 		}
 		l.mu.Lock()
 		l.writes++
-		if fua {
+		if fua || l.ackDurable {
 			l.state[b].durable = max(l.state[b].durable, v)
 		} else {
 			pending[b] = v
@@ -151,15 +153,21 @@ func (l *crashLoad) write(ctx context.Context, c *nbd.Client, w int, r *rand.Ran
 // no version that was never sent. What survived becomes the floor.
 func (l *crashLoad) check(t *testing.T, s *site, round int) {
 	t.Helper()
-	buf := readAll(t, s, "vol1", l.blocks*crashBlock)
+	l.checkExport(t, s, "vol1", round)
+}
+
+// checkExport is check on any export of s that holds vol1's blocks.
+func (l *crashLoad) checkExport(t *testing.T, s *site, export string, round int) {
+	t.Helper()
+	buf := readAll(t, s, export, l.blocks*crashBlock)
 	for b := uint64(0); b < uint64(l.blocks); b++ {
 		v, err := decodeCrashBlock(b, buf[b*crashBlock:(b+1)*crashBlock])
 		if err != nil {
-			t.Fatalf("round %d: %v", round, err)
+			t.Fatalf("round %d: %s: %v", round, export, err)
 		}
 		st := l.state[b]
 		if v < st.durable || v > st.sent {
-			t.Fatalf("round %d: block %d holds version %d, want between durable %d and sent %d", round, b, v, st.durable, st.sent)
+			t.Fatalf("round %d: %s: block %d holds version %d, want between durable %d and sent %d", round, export, b, v, st.durable, st.sent)
 		}
 		// Versions above it that were lost will be sent again with new
 		// numbers.

@@ -352,11 +352,20 @@ func (n *node) wrap(fh gofs.FileHandle) gofs.FileHandle {
 	if p, ok := fh.(gofs.FilePassthroughFder); ok {
 		fd, _ = p.PassthroughFd()
 	}
+	f := &file{inner: fh, fs: n.fs, fd: fd, rfd: fd}
 	var st syscall.Stat_t
 	if fd >= 0 {
 		_ = syscall.Fstat(fd, &st)
+		f.ino = st.Ino
+		// Pages are preserved by reading them: a write-only handle gets
+		// a second, readable descriptor of the same file.
+		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_ACCMODE == unix.O_WRONLY {
+			if rfd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+				f.rfd = rfd
+			}
+		}
 	}
-	return &file{inner: fh, fs: n.fs, fd: fd, ino: st.Ino}
+	return f
 }
 
 // file is a loopback file handle that keeps the crash model.
@@ -364,6 +373,7 @@ type file struct {
 	inner gofs.FileHandle
 	fs    *FS
 	fd    int
+	rfd   int // fd, or a readable descriptor of the file when fd is write-only
 	ino   uint64
 }
 
@@ -378,7 +388,7 @@ var (
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	f.fs.mu.Lock()
 	defer f.fs.mu.Unlock()
-	if errno := f.fs.preserve(f.fd, f.ino, off, int64(len(data))); errno != 0 {
+	if errno := f.fs.preserve(f.rfd, f.ino, off, int64(len(data))); errno != 0 {
 		return 0, errno
 	}
 	return f.inner.(gofs.FileWriter).Write(ctx, data, off)
@@ -404,7 +414,7 @@ func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint3
 	f.fs.mu.Lock()
 	defer f.fs.mu.Unlock()
 	if mode&(unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_ZERO_RANGE) != 0 {
-		if errno := f.fs.preserve(f.fd, f.ino, int64(off), int64(size)); errno != 0 {
+		if errno := f.fs.preserve(f.rfd, f.ino, int64(off), int64(size)); errno != 0 {
 			return errno
 		}
 	} else if f.fs.dead {
@@ -451,6 +461,9 @@ func (f *file) Flush(ctx context.Context) syscall.Errno {
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
+	if f.rfd != f.fd {
+		_ = unix.Close(f.rfd)
+	}
 	return f.inner.(gofs.FileReleaser).Release(ctx)
 }
 

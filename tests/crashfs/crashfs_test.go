@@ -163,3 +163,23 @@ func TestMsyncIsDurable(t *testing.T) {
 		t.Errorf("a mapped page never synced survived a cut that keeps nothing")
 	}
 }
+
+func TestWriteOnlyHandle(t *testing.T) {
+	c, mnt, lower := mounted(t)
+	path := filepath.Join(mnt, "w")
+	writeAt(t, path, fill('a', pageSize), 0, true)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(fill('b', pageSize), 0); err != nil {
+		t.Fatalf("write through a write-only handle: %v", err)
+	}
+	f.Close()
+	if _, _, err := c.Cut(rand.New(rand.NewPCG(1, 2)), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(lower, "w")); !bytes.Equal(got, fill('a', pageSize)) {
+		t.Errorf("an unsynced write through a write-only handle survived the cut")
+	}
+}
