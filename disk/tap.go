@@ -135,6 +135,9 @@ type Tap struct {
 	sinceCP    int64 // record bytes journaled since the last checkpoint
 	applied    uint64
 
+	act       activity      // the activity log (activity.go)
+	syncedSeq atomic.Uint64 // the journal is durable through it (Flush, FUA)
+
 	acker   atomic.Pointer[ackerBox]
 	persist sync.Mutex    // serialises persisting the dirty map
 	cpMu    sync.Mutex    // serialises checkpoints
@@ -202,6 +205,9 @@ func NewTap(ctx context.Context, store Store, log *journal.Log, opts TapOptions,
 		}
 	}
 	t.dirty.Encode(false) // loaded chunks are already persisted
+	if err := t.recoverActivity(ctx); err != nil {
+		return nil, fmt.Errorf("new tap: %w", err)
+	}
 	t.applied = log.Holds()[HoldApply]
 	if base, _ := log.Base(); base > t.applied {
 		t.applied = base
@@ -348,9 +354,11 @@ func (t *Tap) Flush(ctx context.Context) error {
 	if err := t.persistDirty(ctx, false); err != nil {
 		return fmt.Errorf("flush tap: %w", err)
 	}
+	head := t.log.Head()
 	if err := t.log.Sync(ctx); err != nil {
 		return fmt.Errorf("flush tap: %w", err)
 	}
+	t.noteSynced(head)
 	return nil
 }
 
@@ -404,7 +412,10 @@ func (t *Tap) writeGated(ctx context.Context, kind journal.Kind, off, length int
 		if !journaled {
 			return last, t.writeUnjournaled(ctx, kind, off+done, length-done, p[min(done, int64(len(p))):], mayTrim, fua)
 		}
-		err = t.storeOp(kind, rec.Off, rec.Len, rec.Data, mayTrim)
+		err = t.activate(ctx, rec.Off, rec.Len, seq)
+		if err == nil {
+			err = t.storeOp(kind, rec.Off, rec.Len, rec.Data, mayTrim)
+		}
 		t.mu.Lock()
 		delete(t.inflight, seq)
 		if err != nil && (t.repairFrom == 0 || seq < t.repairFrom) {
@@ -419,11 +430,23 @@ func (t *Tap) writeGated(ctx context.Context, kind journal.Kind, off, length int
 		done += n
 	}
 	if fua {
+		head := t.log.Head()
 		if err := t.log.Sync(ctx); err != nil {
 			return last, fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), off, length, err)
 		}
+		t.noteSynced(head)
 	}
 	return last, nil
+}
+
+// noteSynced records that the journal is durable through seq.
+func (t *Tap) noteSynced(seq uint64) {
+	for {
+		old := t.syncedSeq.Load()
+		if seq <= old || t.syncedSeq.CompareAndSwap(old, seq) {
+			return
+		}
+	}
 }
 
 // journal appends rec and waits for its commit. It reports journaled
@@ -703,6 +726,9 @@ func (t *Tap) applier(ctx context.Context) {
 		if err := t.checkpoint(ctx, true); err != nil && ctx.Err() == nil {
 			t.logger.Warn("checkpoint", logKeyErr, err)
 		}
+		if err := t.settle(t.syncedSeq.Load(), false); err != nil && ctx.Err() == nil {
+			t.logger.Warn("activity log", logKeyErr, err)
+		}
 	}
 }
 
@@ -811,6 +837,8 @@ func (t *Tap) Close(ctx context.Context) error {
 		errs = append(errs, err.Error())
 	}
 	if err := t.Flush(ctx); err != nil {
+		errs = append(errs, err.Error())
+	} else if err := t.settle(t.syncedSeq.Load(), true); err != nil {
 		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -146,6 +147,19 @@ func (l *Log) SetMeta(key string, val []byte) error {
 		return fmt.Errorf("set meta %s on %s: %w", key, l.name, err)
 	}
 	l.s.metaDirty.Store(true)
+	return nil
+}
+
+// SyncMeta makes the metadata set before the call durable, without
+// syncing any segment: cheaper than Sync when only metadata must survive
+// a power cut.
+func (l *Log) SyncMeta(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := l.s.db.Sync(); err != nil {
+		return fmt.Errorf("sync meta of %s: %w", l.name, err)
+	}
 	return nil
 }
 

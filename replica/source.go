@@ -64,6 +64,9 @@ func Unprotect(ctx context.Context, tap *disk.Tap, log *journal.Log) error {
 	if err := log.RemoveHold(HoldReplication); err != nil {
 		return fmt.Errorf("unprotect %s: %w", log.Name(), err)
 	}
+	if err := tap.DisableActivityLog(ctx); err != nil {
+		return fmt.Errorf("unprotect %s: %w", log.Name(), err)
+	}
 	if err := log.Sync(ctx); err != nil {
 		return fmt.Errorf("unprotect %s: %w", log.Name(), err)
 	}
@@ -119,6 +122,10 @@ func NewSource(tap *disk.Tap, log *journal.Log, opts SourceOptions) (*Source, er
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	// A power cut must not leave the store with writes the secondary
+	// never gets: the tap marks the regions it writes durably first
+	// (disk/activity.go), and after a crash resyncs them.
+	tap.EnableActivityLog(HoldReplication)
 	return &Source{tap: tap, log: log, logger: opts.Logger}, nil
 }
 
@@ -138,13 +145,17 @@ func (s *Source) Head(ctx context.Context) (replication.Position, error) {
 func (s *Source) NeedsResync() bool { return s.tap.NeedsResync() }
 
 // Agreed returns the record the replication hold names (the last one the
-// secondary acknowledged); ok is false while the hold is at 0. See
-// replication.Reconciler.
+// secondary acknowledged), or the journal's head when the hold is past
+// it; ok is false while the hold is at 0. See replication.Reconciler.
 func (s *Source) Agreed(ctx context.Context) (replication.Position, bool, error) {
 	seq, ok := s.log.Holds()[HoldReplication]
 	if !ok || seq == 0 {
 		return replication.Position{}, false, nil
 	}
+	// A crash can leave the hold durable past the journal's durable head
+	// (the secondary acknowledged records this journal then lost): the
+	// secondary holds every record this journal kept up to the hold.
+	seq = min(seq, s.log.Head())
 	base, baseSum := s.log.Base()
 	switch {
 	case seq == base:

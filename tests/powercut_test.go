@@ -126,7 +126,7 @@ func TestPowerCutSecondarySync(t *testing.T) {
 // TestPowerCut does, then that replication recovers and the replica ends
 // identical to the primary.
 func TestPowerCutPrimaryReplicated(t *testing.T) {
-	const rounds, blocks = 4, 1024 // 4 MiB of the disk
+	const rounds, blocks = 6, 1024 // 4 MiB of the disk
 	lower, mnt := t.TempDir(), t.TempDir()
 	cfs, err := crashfs.Mount(mnt, lower)
 	if err != nil {
@@ -144,7 +144,7 @@ func TestPowerCutPrimaryReplicated(t *testing.T) {
 	waitCaughtUp(t, pri, "vol1", time.Minute)
 
 	load := newCrashLoad(blocks, 4)
-	keeps := []float64{0, 0.5}
+	keeps := []float64{0, 0.5, 0.9}
 	reconciled := 0
 	for round := 0; round < rounds; round++ {
 		ctx, cancel := context.WithCancel(context.Background())

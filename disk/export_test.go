@@ -1,0 +1,11 @@
+package disk
+
+// SettleActivity runs the checkpoint's activity-log step now.
+func SettleActivity(t *Tap) error { return t.settle(t.syncedSeq.Load(), false) }
+
+// SetActivityBudget sets how many safe regions stay active.
+func SetActivityBudget(t *Tap, n int) {
+	t.act.mu.Lock()
+	defer t.act.mu.Unlock()
+	t.act.budget = n
+}
