@@ -342,19 +342,27 @@ func TestResyncInterrupted(t *testing.T) {
 	}
 }
 
-// TestDivergenceDetected connects primaries with another history to a
-// replica: shorter, and longer with other sums. Both are refused as
-// diverged and nothing is shipped.
-func TestDivergenceDetected(t *testing.T) {
+// syncedPair starts a secondary with replica vm1 and a sender, writes
+// data at 10 offsets stride apart and waits until the replica holds them.
+func syncedPair(t *testing.T, data string, stride int64) (*replicationtest.MemSource, *replicationtest.MemSink, *secondary, *dialer, *replication.Sender) {
+	t.Helper()
 	src := replicationtest.NewMemSource(diskSize, 0)
 	sink := replicationtest.NewMemSink(diskSize)
 	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
 	d := newDialer(sec.addr())
 	s, _ := startSender(t, src, d.dial, nil)
-	for i := 0; i < 10; i++ {
-		src.Write(int64(i)*4096, []byte("history A"))
+	for i := int64(0); i < 10; i++ {
+		src.Write(i*stride, []byte(data))
 	}
 	waitSynced(t, s, src, sink, 10*time.Second)
+	return src, sink, sec, d, s
+}
+
+// TestDivergenceDetected connects primaries with another history to a
+// replica: shorter, and longer with other sums. Both are refused as
+// diverged and nothing is shipped.
+func TestDivergenceDetected(t *testing.T) {
+	_, sink, sec, d, s := syncedPair(t, "history A", 4096)
 	closeSender(t, s)
 	want, wantSeq := sink.Snapshot()
 
@@ -604,15 +612,7 @@ func TestSyncResumesAfterCut(t *testing.T) {
 func TestReconcileAfterPrimaryLostTail(t *testing.T) {
 	for _, after := range []int{3, 40} {
 		t.Run(fmt.Sprintf("%d writes after the crash", after), func(t *testing.T) {
-			src := replicationtest.NewMemSource(diskSize, 0)
-			sink := replicationtest.NewMemSink(diskSize)
-			sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-			d := newDialer(sec.addr())
-			s, _ := startSender(t, src, d.dial, nil)
-			for i := 0; i < 10; i++ {
-				src.Write(int64(i)*8192, []byte("acknowledged"))
-			}
-			waitSynced(t, s, src, sink, 10*time.Second)
+			src, sink, _, d, s := syncedPair(t, "acknowledged", 8192)
 			agreed, _ := src.Head(context.Background())
 
 			// Records shipped and held by the secondary, never made

@@ -105,6 +105,19 @@ func (l *crashLoad) run(ctx context.Context, t *testing.T, s *site, round int) *
 	return &wg
 }
 
+// runThenCrash runs the load on s for a random pause of at least least
+// and less than least+span, then calls crash, which must stop the
+// daemon the writers talk to, and waits for the writers.
+func (l *crashLoad) runThenCrash(t *testing.T, s *site, round int, least, span time.Duration, crash func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := l.run(ctx, t, s, round)
+	time.Sleep(least + time.Duration(l.rng.Int64N(int64(span))))
+	crash()
+	cancel()
+	wg.Wait()
+}
+
 // write is one writer's loop.
 func (l *crashLoad) write(ctx context.Context, c *nbd.Client, w int, r *rand.Rand) {
 	// pending holds versions written since the last flush.
@@ -197,12 +210,7 @@ func TestCrashKill9(t *testing.T) {
 	s.mustTandem("disk", "create", "vol1", "--size", "16M")
 	load := newCrashLoad(blocks, 4)
 	for round := 0; round < rounds; round++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		wg := load.run(ctx, t, s, round)
-		time.Sleep(time.Duration(150+load.rng.IntN(600)) * time.Millisecond)
-		s.kill()
-		cancel()
-		wg.Wait()
+		load.runThenCrash(t, s, round, 150*time.Millisecond, 600*time.Millisecond, s.kill)
 		t.Logf("round %d: killed after %d writes, %d flushes", round, load.writes, load.flushes)
 		s.start()
 		load.check(t, s, round)

@@ -1,7 +1,7 @@
 package tests
 
 import (
-	"context"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -10,6 +10,46 @@ import (
 
 	"github.com/tandem-dr/tandem/tests/crashfs"
 )
+
+// crashDisk is a crash file system (tests/crashfs) over a directory; a
+// cut remounts it in place, as the machine would boot again.
+type crashDisk struct {
+	t          *testing.T
+	lower, mnt string
+	fs         *crashfs.FS
+}
+
+func newCrashDisk(t *testing.T) *crashDisk {
+	t.Helper()
+	c := &crashDisk{t: t, lower: t.TempDir(), mnt: t.TempDir()}
+	var err error
+	if c.fs, err = crashfs.Mount(c.mnt, c.lower); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.fs.Unmount() })
+	return c
+}
+
+// data is a data directory on the crash file system.
+func (c *crashDisk) data() string { return filepath.Join(c.mnt, "data") }
+
+// cut cuts the power, keeping each page written since its file's last
+// fsync with probability keep, and boots. Every daemon on it must be
+// dead. It returns what the cut did, for the log.
+func (c *crashDisk) cut(round int, seed uint64, keep float64) string {
+	c.t.Helper()
+	kept, lost, err := c.fs.Cut(rand.New(rand.NewPCG(seed, 0)), keep)
+	if err != nil {
+		c.t.Fatalf("round %d: cut: %v", round, err)
+	}
+	if err := c.fs.Unmount(); err != nil {
+		c.t.Fatalf("round %d: %v", round, err)
+	}
+	if c.fs, err = crashfs.Mount(c.mnt, c.lower); err != nil {
+		c.t.Fatalf("round %d: %v", round, err)
+	}
+	return fmt.Sprintf("%d unsynced pages kept, %d lost (keep %.1f)", kept, lost, keep)
+}
 
 // TestPowerCut runs the daemon on a crash file system (tests/crashfs), so
 // that a cut loses what a disk with a volatile write cache would: every
@@ -21,38 +61,16 @@ import (
 // write, survived; no block is torn; the journal and the store agree.
 func TestPowerCut(t *testing.T) {
 	const rounds, blocks = 6, 1024 // 4 MiB of the disk
-	lower, mnt := t.TempDir(), t.TempDir()
-	cfs, err := crashfs.Mount(mnt, lower)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cfs.Unmount() })
-
-	s := newSiteAt(t, "alpha", filepath.Join(mnt, "data"))
+	cd := newCrashDisk(t)
+	s := newSiteAt(t, "alpha", cd.data())
 	s.start()
 	s.mustTandem("disk", "create", "vol1", "--size", "16M")
 	load := newCrashLoad(blocks, 4)
 	keeps := []float64{0, 0.5, 0.9}
 	for round := 0; round < rounds; round++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		wg := load.run(ctx, t, s, round)
-		time.Sleep(time.Duration(300+load.rng.IntN(700)) * time.Millisecond)
-		s.kill()
-		cancel()
-		wg.Wait()
-		keep := keeps[round%len(keeps)]
-		kept, reverted, err := cfs.Cut(rand.New(rand.NewPCG(load.rng.Uint64(), 0)), keep)
-		if err != nil {
-			t.Fatalf("round %d: cut: %v", round, err)
-		}
-		t.Logf("round %d: power cut after %d writes, %d flushes: %d unsynced pages kept, %d lost (keep %.1f)",
-			round, load.writes, load.flushes, kept, reverted, keep)
-		if err := cfs.Unmount(); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
-		if cfs, err = crashfs.Mount(mnt, lower); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
+		load.runThenCrash(t, s, round, 300*time.Millisecond, 700*time.Millisecond, s.kill)
+		cut := cd.cut(round, load.rng.Uint64(), keeps[round%len(keeps)])
+		t.Logf("round %d: power cut after %d writes, %d flushes: %s", round, load.writes, load.flushes, cut)
 		s.start()
 		load.check(t, s, round)
 	}
@@ -68,14 +86,8 @@ func TestPowerCut(t *testing.T) {
 // secondary kept, and the two are identical.
 func TestPowerCutSecondarySync(t *testing.T) {
 	const rounds, blocks = 4, 1024 // 4 MiB of the disk
-	lower, mnt := t.TempDir(), t.TempDir()
-	cfs, err := crashfs.Mount(mnt, lower)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cfs.Unmount() })
-
-	sec := newSiteAt(t, "beta", filepath.Join(mnt, "data"))
+	cd := newCrashDisk(t)
+	sec := newSiteAt(t, "beta", cd.data())
 	sec.start()
 	pri := newSite(t, "alpha")
 	pri.start()
@@ -90,26 +102,10 @@ func TestPowerCutSecondarySync(t *testing.T) {
 	load.ackDurable = true
 	keeps := []float64{0, 0.5}
 	for round := 0; round < rounds; round++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		wg := load.run(ctx, t, pri, round)
-		time.Sleep(time.Duration(300+load.rng.IntN(700)) * time.Millisecond)
-		pri.kill()
-		cancel()
-		wg.Wait()
+		load.runThenCrash(t, pri, round, 300*time.Millisecond, 700*time.Millisecond, pri.kill)
 		sec.kill()
-		keep := keeps[round%len(keeps)]
-		kept, reverted, err := cfs.Cut(rand.New(rand.NewPCG(load.rng.Uint64(), 0)), keep)
-		if err != nil {
-			t.Fatalf("round %d: cut: %v", round, err)
-		}
-		t.Logf("round %d: secondary's power cut after %d acknowledged writes: %d unsynced pages kept, %d lost (keep %.1f)",
-			round, load.writes, kept, reverted, keep)
-		if err := cfs.Unmount(); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
-		if cfs, err = crashfs.Mount(mnt, lower); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
+		cut := cd.cut(round, load.rng.Uint64(), keeps[round%len(keeps)])
+		t.Logf("round %d: secondary's power cut after %d acknowledged writes: %s", round, load.writes, cut)
 		sec.start()
 		load.checkExport(t, sec, "vol1@latest", round)
 		pri.start()
@@ -127,16 +123,10 @@ func TestPowerCutSecondarySync(t *testing.T) {
 // identical to the primary.
 func TestPowerCutPrimaryReplicated(t *testing.T) {
 	const rounds, blocks = 6, 1024 // 4 MiB of the disk
-	lower, mnt := t.TempDir(), t.TempDir()
-	cfs, err := crashfs.Mount(mnt, lower)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cfs.Unmount() })
-
+	cd := newCrashDisk(t)
 	sec := newSite(t, "beta")
 	sec.start()
-	pri := newSiteAt(t, "alpha", filepath.Join(mnt, "data"))
+	pri := newSiteAt(t, "alpha", cd.data())
 	pri.start()
 	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
 	pri.mustTandem("disk", "create", "vol1", "--size", "16M")
@@ -147,29 +137,18 @@ func TestPowerCutPrimaryReplicated(t *testing.T) {
 	keeps := []float64{0, 0.5, 0.9}
 	reconciled := 0
 	for round := 0; round < rounds; round++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		wg := load.run(ctx, t, pri, round)
-		time.Sleep(time.Duration(300+load.rng.IntN(700)) * time.Millisecond)
-		pri.kill()
-		cancel()
-		wg.Wait()
-		keep := keeps[round%len(keeps)]
-		kept, reverted, err := cfs.Cut(rand.New(rand.NewPCG(load.rng.Uint64(), 0)), keep)
-		if err != nil {
-			t.Fatalf("round %d: cut: %v", round, err)
-		}
-		t.Logf("round %d: primary's power cut after %d writes, %d flushes: %d unsynced pages kept, %d lost (keep %.1f)",
-			round, load.writes, load.flushes, kept, reverted, keep)
-		if err := cfs.Unmount(); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
-		if cfs, err = crashfs.Mount(mnt, lower); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
+		load.runThenCrash(t, pri, round, 300*time.Millisecond, 700*time.Millisecond, pri.kill)
+		cut := cd.cut(round, load.rng.Uint64(), keeps[round%len(keeps)])
+		t.Logf("round %d: primary's power cut after %d writes, %d flushes: %s", round, load.writes, load.flushes, cut)
 		pri.start()
 		load.check(t, pri, round)
 		waitCaughtUp(t, pri, "vol1", time.Minute)
 		compareReplica(t, pri, sec, "vol1")
+		// The activity log kept the disk's region marked: the crash
+		// resyncs it, whatever the store kept past the journal.
+		if !strings.Contains(pri.daemon.output(), "unclean shutdown: regions written") {
+			t.Errorf("round %d: the restarted primary did not resync its active regions", round)
+		}
 		if strings.Contains(pri.daemon.output(), "resyncing the regions they touched") {
 			reconciled++
 			t.Logf("round %d: the secondary held writes the primary lost; reconciled", round)
