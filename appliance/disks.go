@@ -56,6 +56,10 @@ type DiskMeta struct {
 	// Protected is set on a primary while it replicates to Peer.
 	Protected bool   `json:"protected,omitempty"`
 	Policy    Policy `json:"policy,omitempty"`
+	// PeerClock is, on a replica, the primary's clock minus this site's
+	// as last measured (replication.Policy.Clock): retention goes by the
+	// records' times, which are the primary's.
+	PeerClock Duration `json:"peer_clock,omitempty"`
 }
 
 // openDisk is a disk in service. A primary has its store and journaling

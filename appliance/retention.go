@@ -25,18 +25,29 @@ func (d *Daemon) setReplicaPolicy(ctx context.Context, site, name string, p repl
 	if !ok || od.replica == nil || od.meta.Peer != site {
 		return
 	}
-	if time.Duration(od.meta.Policy.Retention) == p.Retention {
+	// The offset is saved when it moved by more than clockSlack, so that
+	// the link's jitter does not rewrite the disk's metadata.
+	clockMoved := (time.Duration(od.meta.PeerClock) - p.Clock).Abs() > clockSlack
+	if time.Duration(od.meta.Policy.Retention) == p.Retention && !clockMoved {
 		return
 	}
 	m := od.meta
 	m.Policy.Retention = Duration(p.Retention)
+	if clockMoved {
+		m.PeerClock = Duration(p.Clock)
+	}
 	if err := writeJSONFile(d.metaPath(name), m); err != nil {
 		d.log.Warn("replica policy not saved", "disk", name, "peer", site, "err", err)
 		return
 	}
 	od.meta = m
-	d.log.Info("replica retention set", "disk", name, "peer", site, "retention", p.Retention.String())
+	d.log.Info("replica retention set", "disk", name, "peer", site, "retention", p.Retention.String(),
+		"peer_clock_offset", p.Clock.Round(time.Millisecond).String())
 }
+
+// clockSlack is how far the measured clock offset of a replica's primary
+// may move before it is saved again.
+const clockSlack = time.Second
 
 // runRetention releases, every retentionEvery until ctx ends, the records
 // of each replica's retention journal that are older than its retention
@@ -80,8 +91,8 @@ func (d *Daemon) expireReplicas(ctx context.Context, now time.Time) map[string]e
 	var jobs []job
 	d.mu.Lock()
 	for name, od := range d.disks {
-		if r := time.Duration(od.meta.Policy.Retention); od.replica != nil && r > 0 {
-			jobs = append(jobs, job{name, od, now.Add(-r)})
+		if cutoff, ok := retentionCutoff(now, od.meta); od.replica != nil && ok {
+			jobs = append(jobs, job{name, od, cutoff})
 		}
 	}
 	d.mu.Unlock()
@@ -93,4 +104,16 @@ func (d *Daemon) expireReplicas(ctx context.Context, now time.Time) map[string]e
 		}
 	}
 	return errs
+}
+
+// retentionCutoff is the time before which a replica's records expire at
+// now; ok is false when it keeps every record. Records carry the
+// primary's times, so the cutoff is read on the primary's clock: a skew
+// between the sites does not shift the window.
+func retentionCutoff(now time.Time, m DiskMeta) (time.Time, bool) {
+	r := time.Duration(m.Policy.Retention)
+	if r <= 0 {
+		return time.Time{}, false
+	}
+	return now.Add(time.Duration(m.PeerClock)).Add(-r), true
 }

@@ -187,7 +187,8 @@ func TestLyingLengthCostsLittle(t *testing.T) {
 }
 
 // TestVersion3Payloads: the reconcile, ranges and version-3 sync-begin
-// payloads parse; an "after" past the base and a negative range do not.
+// and policy payloads parse; an "after" past the base, a negative range
+// and a truncated clock do not.
 func TestVersion3Payloads(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -203,6 +204,9 @@ func TestVersion3Payloads(t *testing.T) {
 		{"ranges count lies", replication.FrameRanges, replication.EncodeRanges(false, []replication.Region{{Off: 0, Len: 1}})[:10], false},
 		{"sync begin v2", replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 0, false), true},
 		{"sync begin v3", replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 7, true), true},
+		{"policy v2", replication.FramePolicy, replication.EncodePolicy(86400), true},
+		{"policy v3", replication.FramePolicy, append(replication.EncodePolicy(86400), 0x18, 0, 0, 0, 0, 0, 0, 1), true},
+		{"policy v3 short", replication.FramePolicy, append(replication.EncodePolicy(86400), 0x18, 0), false},
 		{"sync begin after past base", replication.FrameSyncBegin, replication.EncodeSyncBeginAfter(10, 11, true), false},
 	} {
 		_, err := replication.ParseFrames(replication.EncodeFrame(tc.typ, tc.p, false))

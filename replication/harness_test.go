@@ -88,7 +88,13 @@ func startSecondary(t testing.TB, addr string, sinks map[string]*replicationtest
 		Policy: func(ctx context.Context, site, disk string, p replication.Policy) {
 			s.pmu.Lock()
 			defer s.pmu.Unlock()
-			s.policies = append(s.policies, disk+" "+p.Retention.String())
+			// The clock offset, measured on one machine, is the link's
+			// delay: well under a second.
+			clock := "clock ok"
+			if p.Clock.Abs() >= time.Second {
+				clock = "clock off by " + p.Clock.String()
+			}
+			s.policies = append(s.policies, disk+" "+p.Retention.String()+" "+clock)
 		},
 	})
 	if err != nil {

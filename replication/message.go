@@ -363,17 +363,28 @@ type policyMsg struct {
 	// Retention is how long the secondary keeps records, in seconds of
 	// the records' times; 0 keeps every record.
 	Retention uint64
+	// Now (version 3, encoded only then) is the primary's clock when it
+	// sent the frame, in Unix nanoseconds: the records' times are the
+	// primary's, and the secondary measures the clocks' offset with it.
+	Now    int64
+	HasNow bool
 }
 
 func (m policyMsg) encode() []byte {
 	var e enc
 	e.u64(m.Retention)
+	if m.HasNow {
+		e.i64(m.Now)
+	}
 	return e.b
 }
 
 func decodePolicy(p []byte) (policyMsg, error) {
 	d := dec{b: p, typ: framePolicy}
 	m := policyMsg{Retention: d.u64()}
+	if d.err == nil && len(d.b) > 0 {
+		m.Now, m.HasNow = d.i64(), true
+	}
 	return m, d.done()
 }
 

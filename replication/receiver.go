@@ -71,6 +71,10 @@ type Policy struct {
 	// Retention is how long records are kept, by their times; 0 keeps
 	// every record.
 	Retention time.Duration
+	// Clock is the primary's clock minus this site's, as measured when
+	// the policy arrived (late by the one-way delay of the link); 0 from
+	// a primary before version 3. Records' times are the primary's.
+	Clock time.Duration
 }
 
 // maxRetention bounds a received retention (a century), so that it
@@ -178,6 +182,9 @@ func (r *receiver) handle(ctx context.Context, f frame) error {
 		p := Policy{Retention: maxRetention}
 		if m.Retention < uint64(maxRetention/time.Second) {
 			p.Retention = time.Duration(m.Retention) * time.Second
+		}
+		if m.HasNow {
+			p.Clock = time.Unix(0, m.Now).Sub(time.Now())
 		}
 		if r.policy != nil {
 			r.policy(ctx, p)

@@ -320,7 +320,8 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 		return peerState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
 	}
 	if w.Version >= 2 {
-		p := policyMsg{Retention: uint64((s.cfg.Retention + time.Second - 1) / time.Second)}
+		p := policyMsg{Retention: uint64((s.cfg.Retention + time.Second - 1) / time.Second),
+			Now: time.Now().UnixNano(), HasNow: w.Version >= 3}
 		if _, err := fw.write(framePolicy, p.encode()); err != nil {
 			return peerState{}, err
 		}

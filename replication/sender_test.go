@@ -19,7 +19,8 @@ import (
 const diskSize = 16 << 20
 
 // TestPolicyReachesSecondary: the sender's retention reaches the server's
-// Policy hook at each connection, in whole seconds (rounded up).
+// Policy hook at each connection, in whole seconds (rounded up), with the
+// offset of the primary's clock (none here: one machine).
 func TestPolicyReachesSecondary(t *testing.T) {
 	src := replicationtest.NewMemSource(diskSize, 0)
 	sink := replicationtest.NewMemSink(diskSize)
@@ -27,7 +28,7 @@ func TestPolicyReachesSecondary(t *testing.T) {
 	d := newDialer(sec.addr())
 	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Retention = 90*time.Minute + 500*time.Millisecond })
 	waitSynced(t, s, src, sink, 20*time.Second)
-	want := []string{"vm1 1h30m1s"}
+	want := []string{"vm1 1h30m1s clock ok"}
 	got := sec.policiesSeen()
 	for deadline := time.Now().Add(10 * time.Second); len(got) == 0 && time.Now().Before(deadline); got = sec.policiesSeen() {
 		time.Sleep(10 * time.Millisecond)
