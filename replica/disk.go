@@ -328,7 +328,7 @@ func (d *Disk) RangesAfter(ctx context.Context, after replication.Position) ([]r
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStopRead) {
-		return nil, false, fmt.Errorf("list ranges after seq=%d: %w", after, err)
+		return nil, false, fmt.Errorf("list ranges after seq=%d: %w", after.Seq, err)
 	}
 	return regions, false, nil
 }

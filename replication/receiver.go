@@ -470,18 +470,16 @@ func (r *receiver) onReconcile(ctx context.Context, m reconcileMsg) error {
 	if !ok {
 		return refuse(errCodeDiverged, fmt.Errorf("%w: this replica cannot list its records' ranges", ErrNotAgreed))
 	}
-	{
-		regions, whole, err := rc.RangesAfter(ctx, m.After)
-		if errors.Is(err, ErrNotAgreed) {
-			return refuse(errCodeDiverged, fmt.Errorf("reconcile after seq=%d: %w", m.After.Seq, err))
-		}
-		if err != nil {
-			return refuse(errCodeSink, fmt.Errorf("list ranges after seq=%d: %w", m.After.Seq, err))
-		}
-		resp.Whole = whole
-		if !whole {
-			resp.Regions = normalizeRegions(regions, r.sink.Size())
-		}
+	regions, whole, err := rc.RangesAfter(ctx, m.After)
+	if errors.Is(err, ErrNotAgreed) {
+		return refuse(errCodeDiverged, fmt.Errorf("reconcile after seq=%d: %w", m.After.Seq, err))
+	}
+	if err != nil {
+		return refuse(errCodeSink, fmt.Errorf("list ranges after seq=%d: %w", m.After.Seq, err))
+	}
+	resp.Whole = whole
+	if !whole {
+		resp.Regions = normalizeRegions(regions, r.sink.Size())
 	}
 	if len(resp.Regions) > maxRangesRegions {
 		resp = rangesMsg{Whole: true}
