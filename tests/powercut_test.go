@@ -11,6 +11,13 @@ import (
 	"github.com/tandem-dr/tandem/tests/crashfs"
 )
 
+// startPaired starts both sites and pairs the primary with the secondary.
+func startPaired(pri, sec *site) {
+	sec.start()
+	pri.start()
+	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+}
+
 // crashDisk is a crash file system (tests/crashfs) over a directory; a
 // cut remounts it in place, as the machine would boot again.
 type crashDisk struct {
@@ -88,10 +95,8 @@ func TestPowerCutSecondarySync(t *testing.T) {
 	const rounds, blocks = 4, 1024 // 4 MiB of the disk
 	cd := newCrashDisk(t)
 	sec := newSiteAt(t, "beta", cd.data())
-	sec.start()
 	pri := newSite(t, "alpha")
-	pri.start()
-	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	startPaired(pri, sec)
 	pri.mustTandem("disk", "create", "vol1", "--size", "16M")
 	// Hold writes rather than fall back to async: no write may be
 	// acknowledged without the secondary.
@@ -125,10 +130,8 @@ func TestPowerCutPrimaryReplicated(t *testing.T) {
 	const rounds, blocks = 6, 1024 // 4 MiB of the disk
 	cd := newCrashDisk(t)
 	sec := newSite(t, "beta")
-	sec.start()
 	pri := newSiteAt(t, "alpha", cd.data())
-	pri.start()
-	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	startPaired(pri, sec)
 	pri.mustTandem("disk", "create", "vol1", "--size", "16M")
 	pri.mustTandem("protect", "vol1", "--peer", "beta")
 	waitCaughtUp(t, pri, "vol1", time.Minute)
@@ -169,10 +172,8 @@ func TestPowerCutPrimaryReplicated(t *testing.T) {
 func TestPowerCutSecondaryDuringSync(t *testing.T) {
 	cd := newCrashDisk(t)
 	sec := newSiteAt(t, "beta", cd.data())
-	sec.start()
 	pri := newSite(t, "alpha")
-	pri.start()
-	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	startPaired(pri, sec)
 	pri.mustTandem("disk", "create", "vol1", "--size", "32M")
 	for i := 0; i < 8; i++ {
 		mustRun(t, "qemu-io", "-f", "raw", "-c", fmt.Sprintf("write -P 0x%02x %dM 3M", 0x40+i, 4*i), pri.uri("vol1"))
