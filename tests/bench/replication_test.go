@@ -169,3 +169,18 @@ func FuzzParseProcStat(f *testing.F) {
 		}
 	})
 }
+
+// TestHeldRate: the rate both sites held the writes counts the drain.
+func TestHeldRate(t *testing.T) {
+	r := replRun{fio: replFioResult{mbs: 1000, written: 4e9}, drain: 4 * time.Second}
+	if got := r.heldRate(); got < 499.9 || got > 500.1 {
+		t.Errorf("4 GB in a 4 s run and a 4 s drain: %.1f MB/s, want 500", got)
+	}
+	r.drain = 0
+	if got := r.heldRate(); got < 999.9 || got > 1000.1 {
+		t.Errorf("no drain: %.1f MB/s, want fio's 1000", got)
+	}
+	if got := (replRun{}).heldRate(); got != 0 {
+		t.Errorf("no run: %.1f, want 0", got)
+	}
+}
