@@ -124,7 +124,7 @@ func (s DiskStatus) String() string {
 	if s.SyncDegraded {
 		line += "  SYNC DEGRADED"
 	}
-	if s.LastError != "" && !s.Connected {
+	if s.LastError != "" {
 		line += "  (" + s.LastError + ")"
 	}
 	return line

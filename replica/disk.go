@@ -280,7 +280,7 @@ func (d *Disk) AppendDurable(ctx context.Context, recs []journal.Record) error {
 				d.broken = rerr
 			}
 		}
-		return fmt.Errorf("append received seq=%d..%d: %w", first.Seq, last.Seq, err)
+		return fmt.Errorf("replica: %w", err)
 	}
 	d.head = replication.Position{Seq: last.Seq, Sum: last.Sum}
 	return nil

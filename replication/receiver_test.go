@@ -2,6 +2,7 @@ package replication_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -238,5 +239,53 @@ func TestOrderKept(t *testing.T) {
 	waitSynced(t, s, src, sink, 20*time.Second)
 	if checks < 400 || proxy.Cuts() < 5 {
 		t.Errorf("%d checks across %d cuts; want at least 400 across 5", checks, proxy.Cuts())
+	}
+}
+
+// TestSinkRefusalReported: a secondary whose replica refuses records (its
+// file system is full) tells the primary why, and the primary's status
+// keeps saying it across reconnects until records flow again.
+func TestSinkRefusalReported(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, nil)
+	src.Write(0, []byte("boot"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	var full atomic.Bool
+	full.Store(true)
+	sink.FailAppend = func([]journal.Record) error {
+		if full.Load() {
+			time.Sleep(50 * time.Millisecond) // a slow refusal: each connection looks alive a while
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	src.Write(4096, []byte("does not fit"))
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.Status(context.Background()).LastError, "no space left") {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v; want a LastError naming the full replica", s.Status(context.Background()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Through reconnects (a refusal backs off like a failed dial) the
+	// reason stays.
+	dials := d.dials.Load()
+	for i := 0; d.dials.Load() < dials+2; i++ {
+		if i > 1000 {
+			t.Fatalf("the primary did not retry: %d dials", d.dials.Load())
+		}
+		if st := s.Status(context.Background()); !strings.Contains(st.LastError, "no space left") {
+			t.Fatalf("sample %d: status %+v; want the refusal's reason until records flow", i, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	full.Store(false)
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if st := s.Status(context.Background()); st.LastError != "" {
+		t.Errorf("caught up, yet status says %q", st.LastError)
 	}
 }

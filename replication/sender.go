@@ -68,6 +68,7 @@ type senderState struct {
 	head       uint64 // newest source head seen
 	ackHead    uint64 // secondary's durable head
 	consistent uint64 // secondary's consistent point
+	copied     int64  // the sync's copy progress the secondary acknowledged
 	srcAcked   uint64 // last seq passed to Source.Acked
 	sent       uint64 // last seq sent on the current connection
 
@@ -361,7 +362,6 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 		return peerState{}, diverged
 	}
 	s.st.connected = true
-	s.st.lastErr = ""
 	// During a sync the secondary's records past its consistent point may
 	// yet be discarded (a new sync replaces this one): they do not count
 	// as held until the sync commits. After a reconcile nothing past the
@@ -502,9 +502,16 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: ack of seq=%d never sent (sent through %d)", ErrBadFrame, a.Head, s.st.sent)
 	}
+	// The last failure stays reported until replication moves forward
+	// again: a secondary that refuses every connection (a full file
+	// system) must not look healthy between two of them.
+	if a.Head > s.st.ackHead || a.CopiedThrough > s.st.copied {
+		s.st.lastErr = ""
+	}
 	if a.Head > s.st.ackHead {
 		s.st.ackHead = a.Head
 	}
+	s.st.copied = max(s.st.copied, a.CopiedThrough)
 	i := 0
 	for i < len(s.st.inflight) && s.st.inflight[i].last <= s.st.ackHead {
 		i++
@@ -550,6 +557,7 @@ func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 	}
 	if s.st.sync == nil && s.st.ackHead >= s.st.head {
 		s.st.caughtUp = time.Now()
+		s.st.lastErr = ""
 	}
 	if s.st.degraded && s.st.sync == nil && len(s.st.inflight) == 0 {
 		s.st.degraded = false

@@ -134,7 +134,7 @@ func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (Posi
 	job.info.Base = plan.Base
 	s.mu.Lock()
 	s.st.diverged = false
-	s.st.sync = job
+	s.st.sync, s.st.copied = job, 0
 	s.st.head = max(s.st.head, plan.Base.Seq)
 	s.st.sent = max(s.st.sent, plan.Base.Seq)
 	s.mu.Unlock()

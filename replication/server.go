@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -175,8 +176,7 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, site string) erro
 	defer fw.close()
 	refuseConn := func(code uint16, disk string, err error) error {
 		s.log.Warn("replication: refused connection", logSite, site, logDisk, disk, logRemote, remote, logErr, err)
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = fw.write(frameError, errorMsg{Code: code, Message: err.Error()}.encode())
+		sendRefusal(conn, fw, code, err)
 		return err
 	}
 
@@ -240,13 +240,34 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, site string) erro
 	switch {
 	case errors.As(err, &rf):
 		log.Warn("replication: refused frame, connection dropped, nothing of it applied", logErr, rf.err, "head", r.st.Head.Seq)
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = fw.write(frameError, errorMsg{Code: rf.code, Message: rf.err.Error()}.encode())
+		sendRefusal(conn, fw, rf.code, rf.err)
 	case ctx.Err() != nil:
 	default:
 		log.Info("replication: primary disconnected", logErr, err, "head", r.st.Head.Seq)
 	}
 	return err
+}
+
+// refusalLinger bounds how long a refused connection waits for the
+// primary to read the error frame and hang up.
+const refusalLinger = time.Second
+
+// sendRefusal writes the error frame that tells the primary why its
+// connection ends, then closes the sending side and reads (and discards)
+// until the primary hangs up or refusalLinger passes. Closing at once
+// with the primary's frames unread would send a reset, which can reach
+// the primary before it reads the error frame: its operator would see
+// "connection reset" instead of the reason.
+func sendRefusal(conn net.Conn, fw *frameWriter, code uint16, err error) {
+	_ = conn.SetWriteDeadline(time.Now().Add(refusalLinger))
+	if _, werr := fw.write(frameError, errorMsg{Code: code, Message: err.Error()}.encode()); werr != nil {
+		return
+	}
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(refusalLinger))
+	_, _ = io.Copy(io.Discard, conn)
 }
 
 // claim makes conn the one connection driving key, closing and waiting

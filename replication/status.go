@@ -40,7 +40,8 @@ type Status struct {
 	// SyncDegraded is true while sync mode has fallen back to async
 	// because the secondary was away (FallbackAsync).
 	SyncDegraded bool
-	// LastError is the last connection failure, empty once connected.
+	// LastError is the last failure of the link or of the secondary,
+	// kept until replication moves forward again.
 	LastError string
 }
 

@@ -62,3 +62,78 @@ func TestFullDataDisk(t *testing.T) {
 	s.start()
 	mustRun(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 0 16M", "-c", "read -P 0x33 16M 1M", s.uri("vol1"))
 }
+
+// TestFullSecondaryDisk: when the secondary's file system fills up under
+// replication, the primary keeps taking writes and holds what is not
+// acknowledged; the secondary stays up, says why, and keeps the replica at
+// its last consistent point. Once there is room again replication goes
+// on by itself and the replica ends identical.
+func TestFullSecondaryDisk(t *testing.T) {
+	// 1 GiB, less the journal's 256 MiB reserve and a 450 MiB filler,
+	// leaves the secondary about 280 MiB: too little for the 200 MiB
+	// store and 200 MiB journal of the writes below.
+	mnt := mountSmallFS(t, "1G")
+	filler := filepath.Join(mnt, "filler")
+	mustRun(t, "fallocate", "-l", "450M", filler)
+	sec := newSiteAt(t, "beta", filepath.Join(mnt, "data"))
+	sec.start()
+	pri := newSite(t, "alpha")
+	pri.start()
+	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	pri.mustTandem("disk", "create", "vol1", "--size", "256M")
+	pri.mustTandem("protect", "vol1", "--peer", "beta")
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x21 0 8M", "-c", "flush", pri.uri("vol1"))
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+
+	src := filepath.Join(t.TempDir(), "src.img")
+	mustRun(t, "sh", "-c", "head -c 200M /dev/urandom > "+src)
+	mustRun(t, "nbdcopy", "--flush", src, pri.uri("vol1"))
+
+	// The secondary cannot hold it all: replication stalls, with a reason.
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(sec.daemon.output(), "space") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the secondary never reported the full file system:\n%s", sec.daemon.output())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	st := pri.status("vol1")
+	if st.AckedPoint >= st.NewestPoint {
+		t.Fatalf("the secondary acknowledged everything on a full file system: %+v", st)
+	}
+	if sec.daemon.exited() {
+		t.Fatalf("the secondary died on a full file system:\n%s", sec.daemon.output())
+	}
+	// Its replica still reads, at its last consistent point.
+	mustRun(t, "qemu-io", "-f", "raw", "-r", "-c", "read 0 256M", sec.uri("vol1@latest"))
+	// The primary's operator sees why, every time it retries, not a
+	// dropped link.
+	for i := range 15 {
+		out := pri.mustTandem("status", "vol1")
+		if !strings.Contains(out, "no space left") {
+			t.Fatalf("status %d: the primary does not say the secondary is full:\n%s", i, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("full: acked %d of %d; secondary says: %s", st.AckedPoint, st.NewestPoint, lastLineWith(sec.daemon.output(), "space"))
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, pri, "vol1", 2*time.Minute)
+	compareReplica(t, pri, sec, "vol1")
+	mustRun(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, sec.uri("vol1@latest"))
+}
+
+// lastLineWith returns the last line of out that contains s.
+func lastLineWith(out, s string) string {
+	lines := strings.Split(out, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], s) {
+			return lines[i]
+		}
+	}
+	return ""
+}
