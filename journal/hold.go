@@ -150,6 +150,18 @@ func (l *Log) SetMeta(key string, val []byte) error {
 	return nil
 }
 
+// Admit asks the journal's space guard for n bytes that the caller is
+// about to write outside the journal, on the same file system (a
+// replica's staging file): they are refused, with an error wrapping
+// syscall.ENOSPC, when they would eat into the space kept free (see
+// Options.MinFreeBytes), as the journal's own writes are.
+func (l *Log) Admit(n int64) error {
+	if err := l.s.admit(n, false); err != nil {
+		return fmt.Errorf("%s: %w", l.name, err)
+	}
+	return nil
+}
+
 // SyncMeta makes the metadata set before the call durable, without
 // syncing any segment: cheaper than Sync when only metadata must survive
 // a power cut.

@@ -659,6 +659,52 @@ func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 	return f, nil
 }
 
+// Broken returns the failure that broke the Disk (wrapping ErrBroken),
+// nil while it is sound, ErrClosed once closed.
+func (d *Disk) Broken() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.usable()
+}
+
+// Recover brings a broken Disk back without closing it: it closes the
+// store and staging files and opens them again as Open does, which
+// finishes what the failure interrupted (a sync's commit or set-up) and
+// replays the records the store lacks. It does nothing on a sound Disk,
+// and a Disk it cannot recover stays broken, by the new cause. Readers
+// of the replica may see the store mid-replay, as they may while it is
+// broken.
+func (d *Disk) Recover(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if d.broken == nil {
+		return nil
+	}
+	cause := d.broken
+	if err := d.closeFiles(); err != nil {
+		d.logger.Warn("replica: close files of a broken replica", logKeyErr, err)
+	}
+	store, err := disk.OpenFile(filepath.Join(d.dir, storeFile), disk.FileOptions{Size: d.size})
+	if err != nil {
+		d.broken = err
+		return fmt.Errorf("recover replica %s: %w", d.dir, err)
+	}
+	d.rw.Lock()
+	d.store = store
+	d.rw.Unlock()
+	d.broken, d.st, d.head, d.applied = nil, diskState{}, replication.Position{}, 0
+	d.staged, d.persisted, d.chunks, d.sinceCP, d.lastCP = nil, 0, 0, 0, time.Now()
+	if err := d.load(ctx); err != nil {
+		d.broken = err
+		return fmt.Errorf("recover replica %s: %w", d.dir, err)
+	}
+	d.logger.Info("replica: recovered", "cause", cause.Error(), logKeySeq, d.head.Seq)
+	return nil
+}
+
 // Close checkpoints the store (outside a sync) and closes the store and
 // staging files. It does not close the journal. Calls after Close fail
 // with ErrClosed.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -225,34 +226,53 @@ func resyncStage(t *testing.T, s *replicaSite, m *model, c *chain) {
 func TestDiskCommitCrash(t *testing.T) {
 	for _, full := range []bool{true, false} {
 		for _, point := range []string{replica.FaultIntent, replica.FaultCopied, replica.FaultApplied} {
-			t.Run(fmt.Sprintf("full=%v/%s", full, point), func(t *testing.T) {
-				ctx := context.Background()
-				s := openReplica(t, t.TempDir(), testSize)
-				m := newModel()
-				c := &chain{}
-				if full {
-					// The first full sync crashes.
-					crashCommit(t, s, point, func() { fullSyncStaged(t, s, m, c) })
-				} else {
-					fullSync(t, s, m, c)
-					crashCommit(t, s, point, func() { resyncStage(t, s, m, c) })
-				}
-				s.reopen(true)
-				st := mustState(t, s.disk)
-				if st.Sync != nil || !st.Initialized || st.Consistent != c.pos.Seq {
-					t.Fatalf("State after reopen = %+v, want the sync committed at seq=%d", st, c.pos.Seq)
-				}
-				m.img = m.staged
-				checkImage(t, "replica after the commit completed at reopen", s.contents(), m.img)
-				r := c.write(100, []byte("next"))
-				if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
-					t.Fatalf("AppendReceived after completed commit: %v", err)
-				}
-				apply(m.img, r)
-				checkImage(t, "replica streaming after the commit", s.contents(), m.img)
-			})
+			for _, inPlace := range []bool{false, true} {
+				t.Run(fmt.Sprintf("full=%v/%s/recover=%v", full, point, inPlace), func(t *testing.T) {
+					testCommitCrash(t, full, point, inPlace)
+				})
+			}
 		}
 	}
+}
+
+// testCommitCrash fails a sync's commit at point, then reopens the
+// replica as after a crash or, inPlace, has the broken Disk recover
+// itself: either way the commit completes.
+func testCommitCrash(t *testing.T, full bool, point string, inPlace bool) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	m := newModel()
+	c := &chain{}
+	if full {
+		// The first full sync crashes.
+		crashCommit(t, s, point, func() { fullSyncStaged(t, s, m, c) })
+	} else {
+		fullSync(t, s, m, c)
+		crashCommit(t, s, point, func() { resyncStage(t, s, m, c) })
+	}
+	if inPlace {
+		replica.SetFault(s.disk, nil)
+		if err := s.disk.Recover(ctx); err != nil {
+			t.Fatalf("Recover: %v", err)
+		}
+		if err := s.disk.Broken(); err != nil {
+			t.Fatalf("Broken after Recover = %v, want nil", err)
+		}
+	} else {
+		s.reopen(true)
+	}
+	st := mustState(t, s.disk)
+	if st.Sync != nil || !st.Initialized || st.Consistent != c.pos.Seq {
+		t.Fatalf("State after recovery = %+v, want the sync committed at seq=%d", st, c.pos.Seq)
+	}
+	m.img = m.staged
+	checkImage(t, "replica after the commit completed at recovery", s.contents(), m.img)
+	r := c.write(100, []byte("next"))
+	if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+		t.Fatalf("AppendReceived after completed commit: %v", err)
+	}
+	apply(m.img, r)
+	checkImage(t, "replica streaming after the commit", s.contents(), m.img)
 }
 
 // fullSyncStaged is fullSync up to (not including) the commit.
@@ -649,4 +669,73 @@ func TestDiskRangesAfter(t *testing.T) {
 	if st := mustState(t, s.disk); st.Consistent != agreed.Seq || st.Head != info.Base {
 		t.Errorf("state after a rewinding BeginSync: consistent %d head %+v; want %d and %+v", st.Consistent, st.Head, agreed.Seq, info.Base)
 	}
+}
+
+// TestDiskFullDuringSync: a full file system refuses a staged region and
+// then a sync's progress; the progress failure breaks the Disk, Recover
+// brings it back at the durable CopiedThrough, and the copy resumes from
+// there, as the primary resumes it, and commits.
+func TestDiskFullDuringSync(t *testing.T) {
+	ctx := context.Background()
+	var free atomic.Int64
+	free.Store(1 << 40)
+	setFree := func(n int64) {
+		free.Store(n)
+		time.Sleep(10 * time.Millisecond) // the journal statfs's at most every 5 ms
+	}
+	s := &replicaSite{t: t, dir: t.TempDir(), size: testSize, free: &free}
+	s.open()
+	t.Cleanup(func() { s.close(false) })
+	c := &chain{}
+	want := make([]byte, testSize)
+	if err := s.disk.BeginSync(ctx, replication.SyncInfo{ID: 5, Full: true, Base: c.pos, Total: testSize}); err != nil {
+		t.Fatalf("BeginSync: %v", err)
+	}
+	a, b := fill(64<<10, 1), fill(64<<10, 2)
+	if err := s.disk.WriteRegion(ctx, 0, a); err != nil {
+		t.Fatalf("WriteRegion: %v", err)
+	}
+	if err := s.disk.SyncProgress(ctx, 64<<10); err != nil {
+		t.Fatalf("SyncProgress: %v", err)
+	}
+	copy(want, a)
+
+	setFree(100 << 10)
+	if err := s.disk.WriteRegion(ctx, 64<<10, b); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("WriteRegion on a full file system = %v, want ENOSPC", err)
+	}
+	setFree(1 << 40)
+	if err := s.disk.WriteRegion(ctx, 64<<10, b); err != nil {
+		t.Fatalf("WriteRegion again once there is room: %v", err)
+	}
+	setFree(100 << 10)
+	if err := s.disk.SyncProgress(ctx, 128<<10); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("SyncProgress on a full file system = %v, want ENOSPC", err)
+	}
+	if _, err := s.disk.State(ctx); !errors.Is(err, replica.ErrBroken) {
+		t.Fatalf("State after a failed SyncProgress = %v, want ErrBroken", err)
+	}
+	setFree(1 << 40)
+	if err := s.disk.Recover(ctx); err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	st := mustState(t, s.disk)
+	if st.Sync == nil || st.Sync.ID != 5 || st.Sync.CopiedThrough != 64<<10 {
+		t.Fatalf("State after Recover = %+v, want sync 5 copied through %d", st, 64<<10)
+	}
+	// The primary resumes from CopiedThrough.
+	if err := s.disk.WriteRegion(ctx, 64<<10, b); err != nil {
+		t.Fatalf("WriteRegion on resume: %v", err)
+	}
+	copy(want[64<<10:], b)
+	if err := s.disk.SyncProgress(ctx, testSize); err != nil {
+		t.Fatalf("SyncProgress on resume: %v", err)
+	}
+	if err := s.disk.EndCopy(ctx, c.pos); err != nil {
+		t.Fatalf("EndCopy: %v", err)
+	}
+	if err := s.disk.CommitSync(ctx); err != nil {
+		t.Fatalf("CommitSync: %v", err)
+	}
+	checkImage(t, "replica after a sync through a full file system", s.contents(), want)
 }

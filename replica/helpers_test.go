@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,8 @@ type replicaSite struct {
 	store *journal.Store
 	log   *journal.Log
 	disk  *replica.Disk
+	// free, when set, is the space the journal sees on its file system.
+	free *atomic.Int64
 }
 
 func openReplica(t testing.TB, dir string, size int64) *replicaSite {
@@ -56,7 +59,12 @@ func openReplica(t testing.TB, dir string, size int64) *replicaSite {
 func (s *replicaSite) open() {
 	s.t.Helper()
 	var err error
-	s.store, err = journal.Open(context.Background(), filepath.Join(s.dir, "journal"), journaltest.Options(), journaltest.Logger())
+	opts := journaltest.Options()
+	if s.free != nil {
+		opts.MinFreeBytes = 1 << 20
+		opts.FreeSpace = func(string) (int64, error) { return s.free.Load(), nil }
+	}
+	s.store, err = journal.Open(context.Background(), filepath.Join(s.dir, "journal"), opts, journaltest.Logger())
 	if err != nil {
 		s.t.Fatalf("open secondary journal: %v", err)
 	}

@@ -261,6 +261,12 @@ func (d *Disk) WriteRegion(ctx context.Context, off int64, data []byte) error {
 	if err := d.stage("stage region", off, int64(len(data))); err != nil {
 		return err
 	}
+	// The staging file shares the journal's file system: its writes
+	// keep off the space the journal keeps free for badger.
+	if err := d.log.Admit(int64(len(data))); err != nil {
+		d.staged = d.staged[:d.persisted]
+		return fmt.Errorf("stage region off=%d len=%d: %w", off, len(data), err)
+	}
 	if _, err := d.staging.WriteAt(data, off); err != nil {
 		d.staged = d.staged[:d.persisted] // re-sent after the next connection
 		return fmt.Errorf("stage region off=%d len=%d: %w", off, len(data), err)
@@ -284,8 +290,11 @@ func (d *Disk) ZeroRegion(ctx context.Context, off, length int64) error {
 }
 
 // SyncProgress fdatasyncs the staging file, persists the regions staged
-// since the last call and records through as CopiedThrough.
-func (d *Disk) SyncProgress(ctx context.Context, through int64) error {
+// since the last call and records through as CopiedThrough. A failure
+// part way (a full file system) breaks the Disk: the regions staged in
+// memory may then run past the durable CopiedThrough, from which the
+// primary resumes, and reopening (or Recover) clips them there.
+func (d *Disk) SyncProgress(ctx context.Context, through int64) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.usable(); err != nil {
@@ -301,6 +310,11 @@ func (d *Disk) SyncProgress(ctx context.Context, through int64) error {
 	if n := len(d.staged); n > 0 && d.staged[n-1].End() > through {
 		return fmt.Errorf("sync progress through %d: regions staged up to %d", through, d.staged[n-1].End())
 	}
+	defer func() {
+		if err != nil {
+			d.broken = err
+		}
+	}()
 	if err := d.staging.Flush(ctx); err != nil {
 		return fmt.Errorf("sync progress through %d: %w", through, err)
 	}

@@ -137,3 +137,40 @@ func lastLineWith(out, s string) string {
 	}
 	return ""
 }
+
+// TestFullSecondaryDuringSync: the secondary's file system fills up
+// during the initial sync; the primary is told why and retries, the
+// replica stays consistent, and once there is room the sync finishes by
+// itself and the replica is identical.
+func TestFullSecondaryDuringSync(t *testing.T) {
+	mnt := mountSmallFS(t, "1G")
+	filler := filepath.Join(mnt, "filler")
+	mustRun(t, "fallocate", "-l", "600M", filler)
+	sec := newSiteAt(t, "beta", filepath.Join(mnt, "data"))
+	sec.start()
+	pri := newSite(t, "alpha")
+	pri.start()
+	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	pri.mustTandem("disk", "create", "vol1", "--size", "512M")
+	src := filepath.Join(t.TempDir(), "src.img")
+	mustRun(t, "sh", "-c", "head -c 300M /dev/urandom > "+src)
+	mustRun(t, "nbdcopy", "--flush", src, pri.uri("vol1"))
+	pri.mustTandem("protect", "vol1", "--peer", "beta")
+
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(pri.mustTandem("status", "vol1"), "no space left") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the primary never said the secondary is full:\n%s\n%s", pri.mustTandem("status", "vol1"), sec.daemon.output())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("full during sync: %s", pri.mustTandem("status", "vol1"))
+	if sec.daemon.exited() {
+		t.Fatalf("the secondary died on a full file system:\n%s", sec.daemon.output())
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, pri, "vol1", 3*time.Minute)
+	compareReplica(t, pri, sec, "vol1")
+}
