@@ -63,6 +63,22 @@ func TestFullDataDisk(t *testing.T) {
 	mustRun(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0x5a 0 16M", "-c", "read -P 0x33 16M 1M", s.uri("vol1"))
 }
 
+// fullSecondaryPair starts a paired primary and secondary whose data
+// directory is on a 1 GiB ext4 file system that a filler file of the
+// given size takes room from; removing the filler makes room.
+func fullSecondaryPair(t *testing.T, fillerSize string) (pri, sec *site, filler string) {
+	t.Helper()
+	mnt := mountSmallFS(t, "1G")
+	filler = filepath.Join(mnt, "filler")
+	mustRun(t, "fallocate", "-l", fillerSize, filler)
+	sec = newSiteAt(t, "beta", filepath.Join(mnt, "data"))
+	sec.start()
+	pri = newSite(t, "alpha")
+	pri.start()
+	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	return pri, sec, filler
+}
+
 // TestFullSecondaryDisk: when the secondary's file system fills up under
 // replication, the primary keeps taking writes and holds what is not
 // acknowledged; the secondary stays up, says why, and keeps the replica at
@@ -72,14 +88,7 @@ func TestFullSecondaryDisk(t *testing.T) {
 	// 1 GiB, less the journal's 256 MiB reserve and a 450 MiB filler,
 	// leaves the secondary about 280 MiB: too little for the 200 MiB
 	// store and 200 MiB journal of the writes below.
-	mnt := mountSmallFS(t, "1G")
-	filler := filepath.Join(mnt, "filler")
-	mustRun(t, "fallocate", "-l", "450M", filler)
-	sec := newSiteAt(t, "beta", filepath.Join(mnt, "data"))
-	sec.start()
-	pri := newSite(t, "alpha")
-	pri.start()
-	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	pri, sec, filler := fullSecondaryPair(t, "450M")
 	pri.mustTandem("disk", "create", "vol1", "--size", "256M")
 	pri.mustTandem("protect", "vol1", "--peer", "beta")
 	waitCaughtUp(t, pri, "vol1", time.Minute)
@@ -143,14 +152,7 @@ func lastLineWith(out, s string) string {
 // replica stays consistent, and once there is room the sync finishes by
 // itself and the replica is identical.
 func TestFullSecondaryDuringSync(t *testing.T) {
-	mnt := mountSmallFS(t, "1G")
-	filler := filepath.Join(mnt, "filler")
-	mustRun(t, "fallocate", "-l", "600M", filler)
-	sec := newSiteAt(t, "beta", filepath.Join(mnt, "data"))
-	sec.start()
-	pri := newSite(t, "alpha")
-	pri.start()
-	pri.mustTandem("pair", "add", strings.TrimSpace(sec.mustTandem("pair", "token")))
+	pri, sec, filler := fullSecondaryPair(t, "600M")
 	pri.mustTandem("disk", "create", "vol1", "--size", "512M")
 	src := filepath.Join(t.TempDir(), "src.img")
 	mustRun(t, "sh", "-c", "head -c 300M /dev/urandom > "+src)
