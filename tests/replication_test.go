@@ -398,6 +398,38 @@ func TestReplicationSyncMode(t *testing.T) {
 	compareReplica(t, pri, sec, "vol1")
 }
 
+// TestReplicationSyncHold: in sync mode with --peer-away hold, a write
+// while the secondary is away waits for it up to --sync-timeout, then
+// completes (it is journaled; writes are never failed for a peer away);
+// once the secondary is back, replication catches up and sync mode
+// acknowledges at once again.
+func TestReplicationSyncHold(t *testing.T) {
+	pri, sec, _ := pairedSites(t, false)
+	pri.mustTandem("disk", "create", "vol1", "--size", "16M")
+	pri.mustTandem("protect", "vol1", "--peer", "beta", "--mode", "sync", "--peer-away", "hold", "--sync-timeout", "2s")
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	sec.kill()
+	start := time.Now()
+	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5e 0 1M", pri.uri("vol1"))
+	if d := time.Since(start); d < 2*time.Second || d > 15*time.Second {
+		t.Fatalf("a write with the secondary away took %v; want it held for the 2s sync timeout", d)
+	}
+	if out := pri.mustTandem("status", "vol1"); strings.Contains(out, "SYNC DEGRADED") {
+		t.Fatalf("hold mode fell back to async:\n%s", out)
+	}
+	sec.start()
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	start = time.Now()
+	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x6f 1M 1M", pri.uri("vol1"))
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("a write with the secondary back took %v", d)
+	}
+	if st := pri.status("vol1"); st.AckedPoint < st.NewestPoint {
+		t.Fatalf("sync mode: write acknowledged while the secondary holds %d of %d", st.AckedPoint, st.NewestPoint)
+	}
+	compareReplica(t, pri, sec, "vol1")
+}
+
 // TestReplicationRetention: the primary's --retention reaches the
 // secondary (the policy frame), which then releases from the replica's
 // retention journal the records older than it, once its store holds them
