@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/tandem-dr/tandem/pki"
-	"github.com/tandem-dr/tandem/replica"
 	"github.com/tandem-dr/tandem/replication"
 )
 
@@ -82,15 +81,6 @@ func (d *Daemon) lookupSink(ctx context.Context, site, name string) (replication
 	}
 	if od.meta.Peer != site {
 		return nil, fmt.Errorf("disk %s here replicates site %s, not %s: refused", name, od.meta.Peer, site)
-	}
-	// A replica that a failure broke (a store write that failed, a sync
-	// step that did not finish) recovers when its primary comes back,
-	// as it would at a restart; until it can, the primary is told why.
-	if err := od.replica.Broken(); errors.Is(err, replica.ErrBroken) {
-		d.log.Warn("replica broken, recovering it", "disk", name, "err", err)
-		if rerr := od.replica.Recover(ctx); rerr != nil {
-			return nil, fmt.Errorf("disk %s: %w", name, rerr)
-		}
 	}
 	return od.replica, nil
 }

@@ -93,6 +93,7 @@ type Disk struct {
 }
 
 var (
+	_ replication.Recoverer    = (*Disk)(nil)
 	_ replication.Sink         = (*Disk)(nil)
 	_ replication.ChainChecker = (*Disk)(nil)
 	_ nbd.Backend              = (*Disk)(nil)
@@ -671,7 +672,9 @@ func (d *Disk) Broken() error {
 // store and staging files and opens them again as Open does, which
 // finishes what the failure interrupted (a sync's commit or set-up) and
 // replays the records the store lacks. It does nothing on a sound Disk,
-// and a Disk it cannot recover stays broken, by the new cause. Readers
+// and a Disk it cannot recover stays broken, by the new cause. The
+// replication Server calls it (replication.Recoverer) for each
+// connection of the primary, so a replica heals without a restart. Readers
 // of the replica may see the store mid-replay, as they may while it is
 // broken.
 func (d *Disk) Recover(ctx context.Context) error {
@@ -701,7 +704,7 @@ func (d *Disk) Recover(ctx context.Context) error {
 		d.broken = err
 		return fmt.Errorf("recover replica %s: %w", d.dir, err)
 	}
-	d.logger.Info("replica: recovered", "cause", cause.Error(), logKeySeq, d.head.Seq)
+	d.logger.Warn("replica: recovered from a failure", "cause", cause.Error(), logKeySeq, d.head.Seq)
 	return nil
 }
 

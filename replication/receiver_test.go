@@ -289,3 +289,51 @@ func TestSinkRefusalReported(t *testing.T) {
 		t.Errorf("caught up, yet status says %q", st.LastError)
 	}
 }
+
+// TestSinkRecoveredOnConnect: a sink that a failure left unusable is
+// recovered by the next connection (Recoverer), before its state is read,
+// and replication then goes on; while it cannot recover, the primary is
+// told why.
+func TestSinkRecoveredOnConnect(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	var broken, recoverable atomic.Bool
+	var recovered atomic.Int64
+	sink.FailAppend = func([]journal.Record) error {
+		if broken.Load() {
+			return errors.New("store write failed (test)")
+		}
+		return nil
+	}
+	sink.OnRecover = func() error {
+		if !broken.Load() {
+			return nil
+		}
+		if !recoverable.Load() {
+			return errors.New("still failing (test)")
+		}
+		broken.Store(false)
+		recovered.Add(1)
+		return nil
+	}
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	s, _ := startSender(t, src, newDialer(sec.addr()).dial, nil)
+	src.Write(0, []byte("boot"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	broken.Store(true)
+	src.Write(4096, []byte("after the failure"))
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.Status(context.Background()).LastError, "still failing") {
+		if time.Now().After(deadline) {
+			t.Fatalf("status %+v; want the failed recovery's reason", s.Status(context.Background()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	recoverable.Store(true)
+	waitSynced(t, s, src, sink, 30*time.Second)
+	if recovered.Load() != 1 {
+		t.Errorf("recovered %d times, want once", recovered.Load())
+	}
+	waitLog(t, sec.logs, "recover replica")
+}

@@ -220,6 +220,11 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn, site string) erro
 		return refuseConn(errCodeBusy, h.Disk, err)
 	}
 	defer release()
+	if rc, ok := sink.(Recoverer); ok {
+		if err := rc.Recover(ctx); err != nil {
+			return refuseConn(errCodeSink, h.Disk, fmt.Errorf("recover replica: %w", err))
+		}
+	}
 	st, err := sink.State(ctx)
 	if err != nil {
 		return refuseConn(errCodeSink, h.Disk, fmt.Errorf("read replica state: %w", err))

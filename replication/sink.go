@@ -151,3 +151,13 @@ type DeferredApplier interface {
 	AppendDurable(ctx context.Context, recs []journal.Record) error
 	Apply(ctx context.Context, recs []journal.Record) error
 }
+
+// Recoverer is implemented by sinks that a failure can leave unusable
+// until they recover (a store write that failed, a sync step that did not
+// finish). The Server calls Recover for each connection once it is the
+// only one driving the sink, before it reads the sink's state; it does
+// nothing on a sound sink. An error refuses the connection with it, and
+// the primary's next attempt tries again.
+type Recoverer interface {
+	Recover(ctx context.Context) error
+}

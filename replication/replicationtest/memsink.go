@@ -32,6 +32,9 @@ type MemSink struct {
 	// FailAppend, when set, is called by AppendReceived; an error fails
 	// the call with nothing appended.
 	FailAppend func(recs []journal.Record) error
+	// OnRecover, when set, is called by Recover (the Server calls it
+	// for every connection); its error fails the call.
+	OnRecover func() error
 }
 
 type stagedOp struct {
@@ -43,6 +46,15 @@ type stagedOp struct {
 var _ replication.Sink = (*MemSink)(nil)
 var _ replication.ChainChecker = (*MemSink)(nil)
 var _ replication.RangeLister = (*MemSink)(nil)
+var _ replication.Recoverer = (*MemSink)(nil)
+
+// Recover calls OnRecover, if set.
+func (s *MemSink) Recover(ctx context.Context) error {
+	if s.OnRecover != nil {
+		return s.OnRecover()
+	}
+	return nil
+}
 
 // NewMemSink returns an empty replica of size bytes.
 func NewMemSink(size int64) *MemSink { return &MemSink{store: make([]byte, size)} }
