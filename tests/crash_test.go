@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,6 +70,11 @@ type crashLoad struct {
 	rng             *rand.Rand
 	// ackDurable: every acknowledged write is durable (sync replication).
 	ackDurable bool
+	// quiet is how long before the crash the writers stop flushing and
+	// sending FUA: the writes of that stretch are all in the page cache
+	// (and, replicated, already shipped) when the power goes.
+	quiet  time.Duration
+	noSync atomic.Bool
 
 	mu      sync.Mutex
 	state   []blockState
@@ -113,9 +119,12 @@ func (l *crashLoad) runThenCrash(t *testing.T, s *site, round int, least, span t
 	ctx, cancel := context.WithCancel(context.Background())
 	wg := l.run(ctx, t, s, round)
 	time.Sleep(least + time.Duration(l.rng.Int64N(int64(span))))
+	l.noSync.Store(true)
+	time.Sleep(l.quiet)
 	crash()
 	cancel()
 	wg.Wait()
+	l.noSync.Store(false)
 }
 
 // write is one writer's loop.
@@ -131,7 +140,7 @@ func (l *crashLoad) write(ctx context.Context, c *nbd.Client, w int, r *rand.Ran
 		v := l.state[b].sent
 		l.mu.Unlock()
 		write := c.WriteAt
-		fua := r.IntN(16) == 0
+		fua := r.IntN(16) == 0 && !l.noSync.Load()
 		if fua {
 			write = c.WriteAtFUA
 		}
@@ -146,7 +155,7 @@ func (l *crashLoad) write(ctx context.Context, c *nbd.Client, w int, r *rand.Ran
 			pending[b] = v
 		}
 		l.mu.Unlock()
-		if r.IntN(8) == 0 {
+		if r.IntN(8) == 0 && !l.noSync.Load() {
 			if err := c.Flush(ctx); err != nil {
 				return
 			}
