@@ -9,3 +9,7 @@ func SetActivityBudget(t *Tap, n int) {
 	defer t.act.mu.Unlock()
 	t.act.budget = n
 }
+
+// WritesDirect reports whether f has an O_DIRECT descriptor for its
+// aligned writes.
+func WritesDirect(f *File) bool { return f.direct != nil }

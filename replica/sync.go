@@ -122,7 +122,7 @@ func (d *Disk) loadStaging(ctx context.Context) error {
 			return err
 		}
 	}
-	f, err := disk.OpenFile(path, disk.FileOptions{Size: d.size})
+	f, err := disk.OpenFile(path, disk.FileOptions{Size: d.size, DirectWrites: true})
 	if err != nil {
 		return err
 	}
