@@ -33,7 +33,7 @@ const (
 const (
 	DefaultMaxBatchBytes   = 4 << 20
 	DefaultMaxBatchRecords = 8192
-	DefaultRegionSize      = 1 << 20
+	DefaultRegionSize      = 4 << 20
 	DefaultSyncTimeout     = 5 * time.Second
 	DefaultRPOAlert        = 30 * time.Second
 	DefaultHeartbeat       = time.Second
