@@ -48,9 +48,10 @@ type receiver struct {
 
 	// The pipelined path of a streaming connection (see stream.go): cur
 	// is the group being received; the appender goroutine appends the
-	// one before it meanwhile.
+	// one before it meanwhile (or stages the region before it, in a
+	// sync).
 	cur      *group
-	work     chan *group
+	work     chan job
 	results  chan error
 	busy     bool // a group was handed over and its result not yet taken
 	appender sync.WaitGroup
@@ -226,11 +227,10 @@ func (r *receiver) handle(ctx context.Context, f frame) error {
 		if err := r.checkRegion(id, off, int64(len(data))); err != nil {
 			return err
 		}
-		if err := r.sink.WriteRegion(ctx, off, data); err != nil {
-			return refuse(errCodeSink, fmt.Errorf("write region off=%d len=%d: %w", off, len(data), err))
-		}
+		// Staged by the appender while the next frame is read; the next
+		// frame (or progress) waits for it first.
 		r.copyEnd = off + int64(len(data))
-		return nil
+		return r.handOverJob(&regionJob{off: off, data: data, buf: r.fr.take(f)})
 	case frameRegionZero:
 		m, err := decodeRegionZero(f.payload)
 		if err != nil {
@@ -402,6 +402,9 @@ func (r *receiver) progress(ctx context.Context) error {
 	s := r.st.Sync
 	if s == nil || s.Ended || r.copyEnd <= r.progressed {
 		return nil
+	}
+	if err := r.drain(); err != nil { // the last region staged
+		return err
 	}
 	if err := r.sink.SyncProgress(ctx, r.copyEnd); err != nil {
 		return refuse(errCodeSink, fmt.Errorf("sync progress through off=%d: %w", r.copyEnd, err))

@@ -16,9 +16,36 @@ import (
 // receiver already reads, decrypts and verifies the next one. A group is
 // handed over when it is full or when nothing more is buffered, so a
 // record never waits for the network; handing over waits for the group
-// before it, which is the pipeline's backpressure. Every other frame
-// (and every record during a sync) first waits until the appender is
-// idle (drain) and is then served as before, in order.
+// before it, which is the pipeline's backpressure. During a sync, the
+// appender likewise stages each region frame's data while the receiver
+// reads the next frame. Every other frame (and every record during a
+// sync) first waits until the appender is idle (drain) and is then
+// served as before, in order; so does SyncProgress.
+
+// job is work for the appender goroutine: a group of records to append
+// (and acknowledge), or a region of a sync to stage.
+type job interface {
+	do(ctx context.Context, r *receiver) error
+}
+
+// regionJob is a region frame's data, to stage; buf is the frame buffer
+// it aliases, given back once staged.
+type regionJob struct {
+	off  int64
+	data []byte
+	buf  []byte
+}
+
+func (j *regionJob) do(ctx context.Context, r *receiver) error {
+	defer r.fr.recycle([][]byte{j.buf})
+	if err := r.sink.WriteRegion(ctx, j.off, j.data); err != nil {
+		_ = r.conn.SetReadDeadline(time.Now()) // the reader stops
+		return refuse(errCodeSink, fmt.Errorf("write region off=%d len=%d: %w", j.off, len(j.data), err))
+	}
+	return nil
+}
+
+func (g *group) do(ctx context.Context, r *receiver) error { return r.appendGroup(ctx, g) }
 
 // group is a run of verified records on their way to the sink, and the
 // frame buffers their Data aliases.
@@ -66,13 +93,13 @@ func (r *receiver) onStreamRecords(f frame) error {
 
 // startAppender starts the goroutine that appends handed-over groups.
 func (r *receiver) startAppender(ctx context.Context) {
-	r.work = make(chan *group, 1)
+	r.work = make(chan job, 1)
 	r.results = make(chan error, 1)
 	r.appender.Add(1)
 	go func() {
 		defer r.appender.Done()
-		for g := range r.work {
-			r.results <- r.appendGroup(ctx, g)
+		for j := range r.work {
+			r.results <- j.do(ctx, r)
 		}
 	}()
 }
@@ -122,6 +149,20 @@ func (r *receiver) handOver() error {
 		r.work <- r.cur // the appender is idle: this does not block
 		r.cur, r.busy = nil, true
 	}
+	return nil
+}
+
+// handOverJob gives j to the appender once it is done with the job
+// before, and returns without waiting for it.
+func (r *receiver) handOverJob(j job) error {
+	if err := r.handOver(); err != nil {
+		return err
+	}
+	if err := r.idleAppender(); err != nil {
+		return err
+	}
+	r.work <- j
+	r.busy = true
 	return nil
 }
 
