@@ -91,9 +91,14 @@ func (d *Daemon) Status(ctx context.Context, name string) ([]DiskStatus, error) 
 			st.LastError = rs.LastError
 		}
 		if od.replica != nil {
-			if rst, err := od.replica.State(ctx); err == nil {
+			rst, err := od.replica.State(ctx)
+			if err == nil {
 				st.ConsistentSeq = rst.Consistent
 				st.NewestPoint = rst.Consistent
+			} else {
+				// A broken replica says why (it recovers when its
+				// primary next connects).
+				st.LastError = err.Error()
 			}
 		}
 		out = append(out, st)
