@@ -12,10 +12,10 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/tandem-dr/tandem/attach"
 	"github.com/tandem-dr/tandem/fusefs"
+	"github.com/tandem-dr/tandem/internal/aligned"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,9 +60,8 @@ func attachLoop(t *testing.T, path string, opts attach.LoopOptions) string {
 
 // alignedBuf returns an n-byte buffer aligned for O_DIRECT.
 func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := int(4096 - uintptr(unsafe.Pointer(&b[0]))%4096)
-	return b[off : off+n]
+	var scratch []byte
+	return aligned.Buf(&scratch, n)
 }
 
 func TestLoopAttachDetach(t *testing.T) {

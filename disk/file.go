@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-dr/tandem/internal/aligned"
 	"github.com/tandem-dr/tandem/nbd"
 )
 
@@ -45,9 +46,8 @@ type FileOptions struct {
 }
 
 // DirectAlign is the alignment of offsets, lengths and buffers of
-// FileOptions.DirectWrites: the page size, a multiple of every logical
-// block size in use.
-const DirectAlign = 4096
+// FileOptions.DirectWrites.
+const DirectAlign = aligned.Size
 
 // File is a local block store: a raw regular file or a block device.
 // It implements nbd.Backend, nbd.Flusher, nbd.Trimmer, nbd.Zeroer,
@@ -174,18 +174,13 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 // itself when it is aligned, else from an aligned copy.
 func (d *File) writeDirect(p []byte, off int64) (int, error) {
 	b := p
-	if uintptr(unsafe.Pointer(unsafe.SliceData(p)))%DirectAlign != 0 {
+	if !aligned.Starts(p) {
 		scratch, _ := d.aligned.Get().(*[]byte)
 		if scratch == nil {
 			scratch = new([]byte)
 		}
 		defer d.aligned.Put(scratch)
-		if cap(*scratch) < len(p) {
-			raw := make([]byte, len(p)+DirectAlign)
-			skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(raw))) & (DirectAlign - 1))
-			*scratch = raw[skip : skip : skip+len(p)]
-		}
-		b = (*scratch)[:len(p)]
+		b = aligned.Buf(scratch, len(p))
 		copy(b, p)
 	}
 	n, err := d.direct.WriteAt(b, off)

@@ -4,9 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-dr/tandem/internal/aligned"
 )
 
 // Direct I/O for received records. The secondary's retention journal is
@@ -31,9 +32,8 @@ import (
 // point in time) must read the blocks past the last commit it saw with
 // O_DIRECT too, or between appends.
 
-// directAlign is the offset, length and memory alignment of direct I/O:
-// the page size, a multiple of every logical block size in use.
-const directAlign = 4096
+// directAlign is the offset, length and memory alignment of direct I/O.
+const directAlign = aligned.Size
 
 // directWriter is a segment's direct-I/O side.
 type directWriter struct {
@@ -82,13 +82,13 @@ func (s *Store) writeDirect(g *segment, iov [][]byte, off int64) error {
 	for _, b := range iov {
 		n += len(b)
 	}
-	size := alignUp(n)
+	size := aligned.Up(n)
 	scratch, _ := s.aligned.Get().(*[]byte)
 	if scratch == nil {
 		scratch = new([]byte)
 	}
 	defer s.aligned.Put(scratch)
-	buf := alignedBuf(scratch, size)
+	buf := aligned.Buf(scratch, size)
 	p := copy(buf, dw.tail)
 	for _, b := range iov {
 		p += copy(buf[p:], b)
@@ -131,18 +131,4 @@ func pwriteFull(f *os.File, b []byte, off int64) error {
 		b, off = b[n:], off+int64(n)
 	}
 	return nil
-}
-
-// alignUp rounds n up to a multiple of directAlign.
-func alignUp(n int) int { return (n + directAlign - 1) &^ (directAlign - 1) }
-
-// alignedBuf returns n bytes of *scratch, which it first replaces by a
-// larger buffer starting at a directAlign boundary when it is too small.
-func alignedBuf(scratch *[]byte, n int) []byte {
-	if cap(*scratch) < n {
-		raw := make([]byte, n+directAlign)
-		skip := int(-uintptr(unsafe.Pointer(unsafe.SliceData(raw))) & (directAlign - 1))
-		*scratch = raw[skip : skip : skip+n]
-	}
-	return (*scratch)[:n]
 }
