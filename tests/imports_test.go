@@ -10,8 +10,9 @@ import (
 const module = "github.com/tandem-dr/tandem"
 
 // TestImportBoundaries keeps the layers true as the code grows: the
-// protocol and presentation packages know nothing of the project, only
-// the journal talks to badger, and nothing below the daemon imports it.
+// protocol and presentation packages know nothing of the project but the
+// internal/ helpers (which know nothing of it either), only the journal
+// talks to badger, and nothing below the daemon imports it.
 func TestImportBoundaries(t *testing.T) {
 	out, err := exec.Command("go", "list", "-json", "../...").Output()
 	if err != nil {
@@ -44,9 +45,12 @@ func TestImportBoundaries(t *testing.T) {
 			}
 			dep := strings.TrimPrefix(imp, module+"/")
 			for _, l := range leaf {
-				if name == l && !strings.HasPrefix(dep, l+"/") {
+				if name == l && !strings.HasPrefix(dep, l+"/") && !strings.HasPrefix(dep, "internal/") {
 					t.Errorf("%s imports %s: it must know nothing of the project", name, dep)
 				}
+			}
+			if strings.HasPrefix(name, "internal/") && !strings.HasPrefix(dep, "internal/") {
+				t.Errorf("%s imports %s: an internal helper must know nothing of the project", name, dep)
 			}
 			if strings.HasPrefix(dep, "appliance") && !strings.HasPrefix(name, "cmd/") && !strings.HasPrefix(name, "appliance") && !strings.HasPrefix(name, "tests") {
 				t.Errorf("%s imports %s: only cmd may import the daemon", name, dep)
