@@ -285,7 +285,11 @@ func (x *pair) converge(timeout time.Duration) {
 			x.t.Fatalf("Head: %v", err)
 		}
 		st := x.sinkState()
-		return st.Initialized && st.Sync == nil && st.Consistent == head.Seq && !x.src.NeedsResync()
+		// The consistent point moves once records are durable in the
+		// journal; the store applies them just after (Apply): compare
+		// once it has.
+		return st.Initialized && st.Sync == nil && st.Consistent == head.Seq && !x.src.NeedsResync() &&
+			replica.Applied(x.s.disk) == head.Seq
 	})
 	want := x.p.contents()
 	if off, diff := firstDiff(x.s.contents(), want); diff {

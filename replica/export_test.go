@@ -45,3 +45,10 @@ func DecodeRegions(b []byte, size int64) ([]replication.Region, error) { return 
 
 // EncodeRegions encodes staged regions.
 func EncodeRegions(rs []replication.Region) []byte { return encodeRegions(rs) }
+
+// Applied returns the last record the store holds (outside a sync).
+func Applied(d *Disk) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.applied
+}
