@@ -121,20 +121,30 @@ func Open(ctx context.Context, dir string, log *journal.Log, size int64, opts Op
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", dir, err)
 	}
-	store, err := disk.OpenFile(filepath.Join(dir, storeFile), disk.FileOptions{Size: size})
+	store, err := openStore(filepath.Join(dir, storeFile), size)
 	if err != nil {
 		return nil, fmt.Errorf("open replica %s: %w", dir, err)
 	}
 	d := &Disk{dir: dir, log: log, size: size, opts: opts, logger: opts.Logger, store: store, lastCP: time.Now()}
-	if store.Size() != size {
-		store.Close()
-		return nil, fmt.Errorf("open replica %s: store is %d bytes, want %d", dir, store.Size(), size)
-	}
 	if err := d.load(ctx); err != nil {
 		d.closeFiles()
 		return nil, fmt.Errorf("open replica %s: %w", dir, err)
 	}
 	return d, nil
+}
+
+// openStore opens (creating when needed) the replica store at path and
+// checks that it is size bytes.
+func openStore(path string, size int64) (*disk.File, error) {
+	store, err := disk.OpenFile(path, disk.FileOptions{Size: size})
+	if err != nil {
+		return nil, err
+	}
+	if store.Size() != size {
+		store.Close()
+		return nil, fmt.Errorf("store %s is %d bytes, want %d", path, store.Size(), size)
+	}
+	return store, nil
 }
 
 // load reads the persisted state and recovers from an interruption.
@@ -660,14 +670,6 @@ func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 	return f, nil
 }
 
-// Broken returns the failure that broke the Disk (wrapping ErrBroken),
-// nil while it is sound, ErrClosed once closed.
-func (d *Disk) Broken() error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.usable()
-}
-
 // Recover brings a broken Disk back without closing it: it closes the
 // store and staging files and opens them again as Open does, which
 // finishes what the failure interrupted (a sync's commit or set-up) and
@@ -690,7 +692,7 @@ func (d *Disk) Recover(ctx context.Context) error {
 	if err := d.closeFiles(); err != nil {
 		d.logger.Warn("replica: close files of a broken replica", logKeyErr, err)
 	}
-	store, err := disk.OpenFile(filepath.Join(d.dir, storeFile), disk.FileOptions{Size: d.size})
+	store, err := openStore(filepath.Join(d.dir, storeFile), d.size)
 	if err != nil {
 		d.broken = err
 		return fmt.Errorf("recover replica %s: %w", d.dir, err)

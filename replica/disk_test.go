@@ -255,7 +255,7 @@ func testCommitCrash(t *testing.T, full bool, point string, inPlace bool) {
 		if err := s.disk.Recover(ctx); err != nil {
 			t.Fatalf("Recover: %v", err)
 		}
-		if err := s.disk.Broken(); err != nil {
+		if err := replica.Broken(s.disk); err != nil {
 			t.Fatalf("Broken after Recover = %v, want nil", err)
 		}
 	} else {

@@ -52,3 +52,11 @@ func Applied(d *Disk) uint64 {
 	defer d.mu.Unlock()
 	return d.applied
 }
+
+// Broken returns the failure that broke the Disk (wrapping ErrBroken),
+// nil while it is sound, ErrClosed once closed.
+func Broken(d *Disk) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.usable()
+}

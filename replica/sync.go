@@ -474,7 +474,7 @@ func (d *Disk) replaceStore(storePath, stagingPath string) error {
 	if err := syncDir(d.dir); err != nil {
 		return fmt.Errorf("commit full sync: %w", err)
 	}
-	store, err := disk.OpenFile(storePath, disk.FileOptions{Size: d.size})
+	store, err := openStore(storePath, d.size)
 	if err != nil {
 		return fmt.Errorf("commit full sync: reopen store: %w", err)
 	}
