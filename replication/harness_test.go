@@ -253,3 +253,16 @@ func load(src *replicationtest.MemSource, workers int, stop <-chan struct{}, pau
 	}
 	return &wg
 }
+
+// waitLastError waits up to timeout for the sender's LastError to name
+// want, and fails the test with its status if it does not.
+func waitLastError(t testing.TB, s *replication.Sender, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(s.Status(context.Background()).LastError, want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("sender status %+v; want a LastError naming %q", s.Status(context.Background()), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

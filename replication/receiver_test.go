@@ -63,13 +63,7 @@ func TestServerRefusesUnknownDiskAndVersion(t *testing.T) {
 	src := replicationtest.NewMemSource(diskSize, 0)
 	d := newDialer(sec.addr())
 	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Disk = "nosuch" })
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(s.Status(context.Background()).LastError, "unknown disk") {
-		if time.Now().After(deadline) {
-			t.Fatalf("sender status %+v; want LastError naming the unknown disk", s.Status(context.Background()))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitLastError(t, s, "unknown disk", 5*time.Second)
 }
 
 func TestBadRecordRefusedNothingApplied(t *testing.T) {
@@ -264,13 +258,7 @@ func TestSinkRefusalReported(t *testing.T) {
 		return nil
 	}
 	src.Write(4096, []byte("does not fit"))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(s.Status(context.Background()).LastError, "no space left") {
-		if time.Now().After(deadline) {
-			t.Fatalf("status %+v; want a LastError naming the full replica", s.Status(context.Background()))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitLastError(t, s, "no space left", 10*time.Second)
 	// Through reconnects (a refusal backs off like a failed dial) the
 	// reason stays.
 	dials := d.dials.Load()
@@ -323,13 +311,7 @@ func TestSinkRecoveredOnConnect(t *testing.T) {
 
 	broken.Store(true)
 	src.Write(4096, []byte("after the failure"))
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(s.Status(context.Background()).LastError, "still failing") {
-		if time.Now().After(deadline) {
-			t.Fatalf("status %+v; want the failed recovery's reason", s.Status(context.Background()))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitLastError(t, s, "still failing", 10*time.Second)
 	recoverable.Store(true)
 	waitSynced(t, s, src, sink, 30*time.Second)
 	if recovered.Load() != 1 {

@@ -380,13 +380,7 @@ func TestDivergenceDetected(t *testing.T) {
 			src = claimsAgreed{other, replication.Position{Seq: wantSeq, Sum: 0x5eed}}
 		}
 		s2, _ := startSender(t, src, d.dial, nil)
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(s2.Status(context.Background()).LastError, "diverged") {
-			if time.Now().After(deadline) {
-				t.Fatalf("primary with %d records: status %+v; want a divergence error", n, s2.Status(context.Background()))
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitLastError(t, s2, "diverged", 5*time.Second)
 		if st := s2.Status(context.Background()); st.State != replication.StatePaused {
 			t.Errorf("primary with %d records: state %s; want %s", n, st.State, replication.StatePaused)
 		}
@@ -432,13 +426,7 @@ func TestDamagedRecordNotShipped(t *testing.T) {
 	}
 	src.Tamper(bad)
 	s, logs = startSender(t, src, d.dial, nil)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(s.Status(context.Background()).LastError, "corrupt") {
-		if time.Now().After(deadline) {
-			t.Fatalf("status %+v; want a LastError naming the corrupt record", s.Status(context.Background()))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitLastError(t, s, "corrupt", 10*time.Second)
 	st, _ := sink.State(context.Background())
 	if st.Head.Seq != bad-1 || st.Consistent != bad-1 {
 		t.Errorf("replica head %d consistent %d; want both at %d, just before the damaged record", st.Head.Seq, st.Consistent, bad-1)
