@@ -206,3 +206,9 @@ func FrameFlags(payloads [][]byte, typ uint8) []byte {
 	}
 	return flags
 }
+
+// AckedConsistent decodes an Ack payload's consistent point.
+func AckedConsistent(p []byte) (uint64, error) {
+	m, err := decodeAck(p)
+	return m.Consistent, err
+}

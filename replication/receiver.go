@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/tandem-dr/tandem/journal"
@@ -46,15 +45,10 @@ type receiver struct {
 	vbuf         []byte
 	committed    uint64 // ID of the last sync committed on this connection
 
-	// The pipelined path of a streaming connection (see stream.go): cur
-	// is the group being received; the appender goroutine appends the
-	// one before it meanwhile (or stages the region before it, in a
-	// sync).
-	cur      *group
-	work     chan job
-	results  chan error
-	busy     bool // a group was handed over and its result not yet taken
-	appender sync.WaitGroup
+	// ap is the pipelined path of a streaming connection (see stream.go):
+	// the appender goroutine appends (or, in a sync, stages) what the
+	// receiver hands over while the receiver reads the next frames.
+	ap appender
 
 	policy func(context.Context, Policy) // ServerConfig.Policy for this disk
 
@@ -108,13 +102,6 @@ func (r *receiver) run(ctx context.Context) (err error) {
 		}
 	}()
 	for {
-		// Never wait for the network with received records unappended:
-		// the primary may be waiting for their acknowledgement.
-		if r.cur != nil && !r.fr.buffered() {
-			if err := r.handOver(); err != nil {
-				return err
-			}
-		}
 		_ = r.conn.SetReadDeadline(time.Now().Add(r.timeout))
 		f, err := r.fr.next()
 		if err != nil {

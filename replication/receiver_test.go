@@ -319,3 +319,131 @@ func TestSinkRecoveredOnConnect(t *testing.T) {
 	}
 	waitLog(t, sec.logs, "recover replica")
 }
+
+// countingListener counts the bytes the server reads from its
+// connections.
+type countingListener struct {
+	net.Listener
+	read *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{c, l.read}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	read *atomic.Int64
+}
+
+func (c countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+// TestGroupCommit: records that arrive while the sink is busy appending
+// wait in one group, and the sink appends them with one call (one
+// fdatasync for a journal) as soon as it is free: the slower the sink,
+// the larger its groups, rather than one append per frame.
+func TestGroupCommit(t *testing.T) {
+	sink := replicationtest.NewMemSink(diskSize)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var groups []int
+	sink.FailAppend = func(recs []journal.Record) error {
+		mu.Lock()
+		groups = append(groups, len(recs))
+		first := len(groups) == 1
+		mu.Unlock()
+		if first {
+			<-release // the sink is busy with the first group
+		}
+		return nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read atomic.Int64
+	srv, err := replication.NewServer(replication.ServerConfig{
+		Logger: (&logBuffer{}).logger(),
+		Lookup: func(context.Context, string, string) (replication.Sink, error) { return sink, nil },
+	})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, countingListener{ln, &read}) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	c, next, typ, _ := handshake(t, ln.Addr().String(), "vm1", diskSize, 1, replication.ProtocolVersion)
+	if typ != replication.FrameWelcome {
+		t.Fatalf("answer frame type %d; want welcome", typ)
+	}
+	sent := int64(len(replication.EncodeFrame(replication.FrameHello, replication.EncodeHello("vm1", diskSize, 1, replication.ProtocolVersion), false)))
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := c.Write(b); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		sent += int64(len(b))
+	}
+	write(replication.EncodeFrame(replication.FrameSyncBegin, replication.EncodeSyncBegin(7, true, replication.Position{}, 0), false))
+	write(replication.EncodeFrame(replication.FrameSyncEnd, replication.EncodeSyncEnd(7, replication.Position{}), false))
+	recs := sealed(11, 4096)
+	write(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs[:1]), false))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(groups)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first record never reached the sink")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// One frame per record, trickling in while the sink is busy.
+	for i := 1; i < len(recs); i++ {
+		write(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs[i:i+1]), false))
+		time.Sleep(5 * time.Millisecond)
+	}
+	for read.Load() < sent { // the server has read every frame
+		if time.Now().After(deadline) {
+			t.Fatalf("the server read %d of the %d bytes sent", read.Load(), sent)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // and decoded them
+	close(release)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		typ, p, err := next()
+		if err != nil {
+			t.Fatalf("read acknowledgement: %v", err)
+		}
+		if typ != replication.FrameAck {
+			continue
+		}
+		seq, err := replication.AckedConsistent(p)
+		if err != nil {
+			t.Fatalf("decode acknowledgement: %v", err)
+		}
+		if seq == 11 {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(groups) != 2 || groups[1] != 10 {
+		t.Errorf("appends of %v records; want [1 10]: the ten records that came while the sink was busy in one group", groups)
+	}
+}

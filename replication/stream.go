@@ -3,24 +3,25 @@ package replication
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/tandem-dr/tandem/journal"
 )
 
 // The receiver's pipelined path. While the replica is streaming (no sync
-// in progress), records frames are decoded in place, verified and
-// gathered into a group, and a group goes to the appender goroutine,
-// which appends it to the sink, durably, and acknowledges it (then, for a
-// DeferredApplier, applies it to the store), while the
-// receiver already reads, decrypts and verifies the next one. A group is
-// handed over when it is full or when nothing more is buffered, so a
-// record never waits for the network; handing over waits for the group
-// before it, which is the pipeline's backpressure. During a sync, the
-// appender likewise stages each region frame's data while the receiver
-// reads the next frame. Every other frame (and every record during a
-// sync) first waits until the appender is idle (drain) and is then
-// served as before, in order; so does SyncProgress.
+// in progress), records frames are decoded in place, verified and added
+// to the queued group, which the appender goroutine takes as soon as it
+// is idle: it appends the group to the sink, durably, and acknowledges
+// it (then, for a DeferredApplier, applies it to the store), while the
+// receiver already reads, decrypts and verifies the next frames into the
+// next group. So a record never waits for the network, and the slower the
+// sink the larger its groups, each paying for one fdatasync (group
+// commit). A full group makes the receiver wait, which is the pipeline's
+// backpressure. During a sync, the appender likewise stages each region
+// frame's data while the receiver reads the next frame. Every other frame
+// (and every record during a sync) first waits until the appender is idle
+// (drain) and is then served as before, in order; so does SyncProgress.
 
 // job is work for the appender goroutine: a group of records to append
 // (and acknowledge), or a region of a sync to stage.
@@ -62,14 +63,24 @@ func (r *receiver) streaming() bool {
 }
 
 // onStreamRecords decodes a records frame in place and verifies that it
-// follows the chain with no gap; only then does it join the current
-// group. A bad frame refuses the connection: nothing of it is appended
-// (the groups before it are sound, and may be).
+// follows the chain with no gap; only then does it join the queued group,
+// or start one. A bad frame refuses the connection: nothing of it is
+// appended (the groups before it are sound, and may be). While the
+// appender is busy the queued group grows, up to streamMaxBytes: the
+// busier the sink, the larger its groups (group commit).
 func (r *receiver) onStreamRecords(f frame) error {
-	g := r.cur
+	a := &r.ap
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.err == nil && a.queued != nil && !a.queued.(*group).open() {
+		a.wake.Wait() // backpressure: a job or a full group is waiting
+	}
+	if a.err != nil {
+		return a.err
+	}
+	g, _ := a.queued.(*group)
 	if g == nil {
 		g = &group{next: r.next}
-		r.cur = g
 	}
 	n0 := len(g.recs)
 	recs, err := decodeRecordViews(f.payload, g.recs)
@@ -85,21 +96,59 @@ func (r *receiver) onStreamRecords(f frame) error {
 	g.recs, g.next, g.bytes = recs, next, g.bytes+bytes
 	g.bufs = append(g.bufs, r.fr.take(f))
 	r.next = next
-	if g.bytes >= streamMaxBytes || len(g.recs) >= groupMaxRecords {
-		return r.handOver()
+	if a.queued == nil {
+		a.queued = g
+		a.wake.Broadcast()
 	}
 	return nil
 }
 
-// startAppender starts the goroutine that appends handed-over groups.
+// open reports whether more records may join g.
+func (g *group) open() bool {
+	return g.bytes < streamMaxBytes && len(g.recs) < groupMaxRecords
+}
+
+// appender is the state the receiver shares with its appender goroutine:
+// one job queued and one running at most. The goroutine takes the queued
+// job as soon as it is idle; the receiver adds records to a queued group
+// until it is taken.
+type appender struct {
+	mu      sync.Mutex
+	wake    sync.Cond // broadcast on every change below
+	queued  job       // handed over, not yet taken
+	running bool      // the goroutine is doing a job
+	err     error     // the first job's error: no job is done after it
+	stopped bool
+	done    sync.WaitGroup
+}
+
+// startAppender starts the goroutine that does the handed-over jobs.
 func (r *receiver) startAppender(ctx context.Context) {
-	r.work = make(chan job, 1)
-	r.results = make(chan error, 1)
-	r.appender.Add(1)
+	a := &r.ap
+	a.wake.L = &a.mu
+	a.done.Add(1)
 	go func() {
-		defer r.appender.Done()
-		for j := range r.work {
-			r.results <- j.do(ctx, r)
+		defer a.done.Done()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for {
+			for (a.queued == nil || a.err != nil) && !a.stopped {
+				a.wake.Wait()
+			}
+			if a.queued == nil || a.err != nil {
+				return // stopped
+			}
+			j := a.queued
+			a.queued, a.running = nil, true
+			a.wake.Broadcast()
+			a.mu.Unlock()
+			err := j.do(ctx, r)
+			a.mu.Lock()
+			a.running = false
+			if err != nil {
+				a.err = err
+			}
+			a.wake.Broadcast()
 		}
 	}()
 }
@@ -139,57 +188,46 @@ func (r *receiver) appendGroup(ctx context.Context, g *group) error {
 	return err
 }
 
-// handOver gives the current group, if any, to the appender once it is
-// done with the one before, and returns without waiting for it.
-func (r *receiver) handOver() error {
-	if err := r.idleAppender(); err != nil {
-		return err
-	}
-	if r.cur != nil {
-		r.work <- r.cur // the appender is idle: this does not block
-		r.cur, r.busy = nil, true
-	}
-	return nil
-}
-
-// handOverJob gives j to the appender once it is done with the job
-// before, and returns without waiting for it.
+// handOverJob queues j once the appender is idle, and returns without
+// waiting for it.
 func (r *receiver) handOverJob(j job) error {
-	if err := r.handOver(); err != nil {
+	a := &r.ap
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.idleLocked(); err != nil {
 		return err
 	}
-	if err := r.idleAppender(); err != nil {
-		return err
-	}
-	r.work <- j
-	r.busy = true
+	a.queued = j
+	a.wake.Broadcast()
 	return nil
 }
 
-// drain hands over the current group and waits until the appender is
-// idle, returning its error.
+// drain waits until the appender has done every job queued, and returns
+// its error.
 func (r *receiver) drain() error {
-	if err := r.handOver(); err != nil {
-		return err
-	}
-	return r.idleAppender()
+	a := &r.ap
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.idleLocked()
 }
 
-// idleAppender waits for the result of the group handed over last, if
-// it was not taken yet, and returns it.
-func (r *receiver) idleAppender() error {
-	if !r.busy {
-		return nil
+// idleLocked waits until no job is queued or running, or one failed.
+func (a *appender) idleLocked() error {
+	for a.err == nil && (a.queued != nil || a.running) {
+		a.wake.Wait()
 	}
-	r.busy = false
-	return <-r.results
+	return a.err
 }
 
-// stopAppender waits for the appender to finish and returns the error of
-// a group whose result was not yet taken.
+// stopAppender waits for the appender to do the jobs queued (the records
+// received are sound, though the connection may be gone) and returns the
+// error of a job that failed.
 func (r *receiver) stopAppender() error {
-	err := r.idleAppender()
-	close(r.work)
-	r.appender.Wait()
-	return err
+	a := &r.ap
+	a.mu.Lock()
+	a.stopped = true
+	a.wake.Broadcast()
+	a.mu.Unlock()
+	a.done.Wait()
+	return a.err
 }
