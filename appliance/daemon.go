@@ -198,10 +198,14 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		}
 	}
 
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		d.runRetention(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		d.runCheckpoints(ctx)
 	}()
 	if ctx.Err() == nil {
 		d.log.Info("serving", "data", d.dataDir, "api", d.opts.API, "disks", len(d.disks))

@@ -74,6 +74,12 @@ type openDisk struct {
 	sender *replication.Sender
 
 	replica *replica.Disk
+
+	// On a protected primary: when the last automatic checkpoint was cut
+	// (or the daemon first saw the disk protected), and the newest
+	// checkpoint cut since the daemon started. Guarded by Daemon.mu.
+	cutAt      time.Time
+	checkpoint *Checkpoint
 }
 
 func (d *Daemon) disksDir() string { return filepath.Join(d.dataDir, "disks") }

@@ -38,6 +38,10 @@ type DiskStatus struct {
 	SyncDegraded  bool    `json:"sync_degraded,omitempty"`
 	LastError     string  `json:"last_error,omitempty"`
 	ConsistentSeq uint64  `json:"consistent_point,omitempty"`
+	// Checkpoint is the newest tagged point: on a primary, the newest
+	// checkpoint cut since the daemon started; on a replica, the newest
+	// one its store holds of those received since then.
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 }
 
 // Status reports every disk, or only the one named.
@@ -74,6 +78,10 @@ func (d *Daemon) Status(ctx context.Context, name string) ([]DiskStatus, error) 
 		}
 		d.mu.Lock()
 		sender := od.sender
+		if od.checkpoint != nil {
+			cp := *od.checkpoint
+			st.Checkpoint = &cp
+		}
 		d.mu.Unlock()
 		if sender != nil {
 			rs := sender.Status(ctx)
@@ -95,6 +103,9 @@ func (d *Daemon) Status(ctx context.Context, name string) ([]DiskStatus, error) 
 			if err == nil {
 				st.ConsistentSeq = rst.Consistent
 				st.NewestPoint = rst.Consistent
+				if m, ok := od.replica.NewestMarker(); ok {
+					st.Checkpoint = &Checkpoint{Seq: m.Seq, Time: m.Time, Label: m.Label}
+				}
 			} else {
 				// A broken replica says why (it recovers when its
 				// primary next connects).
@@ -122,6 +133,9 @@ func (s DiskStatus) String() string {
 		if s.RawBytes > 0 {
 			line += fmt.Sprintf(" (wire %.0f%% of data)", 100*float64(s.WireBytes)/float64(s.RawBytes))
 		}
+	}
+	if s.Checkpoint != nil {
+		line += fmt.Sprintf("  checkpoint %d %q", s.Checkpoint.Seq, s.Checkpoint.Label)
 	}
 	if s.RPOAlert {
 		line += "  RPO ALERT"

@@ -3,6 +3,7 @@ package disk_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -640,5 +641,84 @@ func TestTapMarkDirty(t *testing.T) {
 	tap2 := newTap(t, e.file, e.log, disk.TapOptions{})
 	if regs2, _ := tap2.DirtyRegions(); fmt.Sprint(regs2) != fmt.Sprint(regs) {
 		t.Errorf("DirtyRegions after restart = %v, want %v", regs2, regs)
+	}
+}
+
+// TestCutGroupConsistent: Cut marks the taps of a group at one instant. A
+// writer writes n to tap a, then n to tap b; at every cut the last write
+// before a's marker is the one before b's marker or the next one, never
+// one that b's journal has not reached or has passed.
+func TestCutGroupConsistent(t *testing.T) {
+	e := newTapEnv(t, 1<<20, journaltest.Options())
+	a := newTap(t, e.file, e.log, disk.TapOptions{CheckpointEvery: -1})
+	lb := journaltest.Log(t, e.store, "b")
+	fb, err := disk.OpenFile(filepath.Join(e.dir, "b.img"), disk.FileOptions{Size: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	b := newTap(t, fb, lb, disk.TapOptions{CheckpointEvery: -1})
+
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 8)
+		for n := uint64(1); ; n++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			binary.LittleEndian.PutUint64(buf, n)
+			if _, err := a.WriteAt(buf, 0); err != nil {
+				done <- err
+				return
+			}
+			if _, err := b.WriteAt(buf, 0); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	const cuts = 100
+	for i := range cuts {
+		if _, err := disk.Cut(context.Background(), []*disk.Tap{a, b}, []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// The value of the last write before each marker, by label.
+	lastBefore := func(l *journal.Log) map[string]uint64 {
+		m := map[string]uint64{}
+		var last uint64
+		for _, r := range journaltest.Records(t, l, 1) {
+			switch r.Kind {
+			case journal.KindWrite:
+				last = binary.LittleEndian.Uint64(r.Data)
+			case journal.KindMarker:
+				m[string(r.Data)] = last
+			}
+		}
+		return m
+	}
+	ma, mb := lastBefore(e.log), lastBefore(lb)
+	moving := 0
+	for i := range cuts {
+		k := fmt.Sprint(i)
+		va, vb := ma[k], mb[k]
+		if va != vb && va != vb+1 {
+			t.Errorf("cut %d: tap a at write %d, tap b at write %d; want b at a's write or the one before", i, va, vb)
+		}
+		if va > 0 {
+			moving++
+		}
+	}
+	if moving < cuts/2 {
+		t.Errorf("only %d of %d cuts came after the first write: the writer did not run alongside", moving, cuts)
 	}
 }

@@ -90,6 +90,24 @@ type Disk struct {
 	chunks    int                  // staged chunks written for the sync
 	sinceCP   int64
 	lastCP    time.Time
+	marker    Marker // the newest marker applied since the Disk was opened
+}
+
+// Marker is a tagged recovery point that the replica holds: a marker
+// record (a checkpoint cut at the primary), by its sequence number, its
+// time on the primary's clock and its label.
+type Marker struct {
+	Seq   uint64
+	Time  time.Time
+	Label string
+}
+
+// NewestMarker returns the newest marker the store holds of those applied
+// since the Disk was opened; ok is false when there is none.
+func (d *Disk) NewestMarker() (m Marker, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.marker, d.marker.Seq != 0
 }
 
 var (
@@ -458,6 +476,7 @@ func (d *Disk) catchUp(ctx context.Context) error {
 // exclusively, or is Open.
 func (d *Disk) apply(r journal.Record) error {
 	if r.Kind == journal.KindMarker {
+		d.marker = Marker{Seq: r.Seq, Time: r.Time, Label: string(r.Data)}
 		return nil
 	}
 	if r.Off < 0 || r.Len < 0 || r.Off > d.size || r.Len > d.size-r.Off {

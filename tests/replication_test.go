@@ -132,17 +132,45 @@ func checkOrder(t *testing.T, network, addr, export string) (maxStep uint64, err
 
 // diskStatus is the part of `tandem status --json` the tests read.
 type diskStatus struct {
-	Name        string  `json:"name"`
-	State       string  `json:"state"`
-	SyncPercent float64 `json:"sync_percent"`
-	LagSeconds  float64 `json:"lag_seconds"`
-	LagBytes    int64   `json:"lag_bytes"`
-	NewestPoint uint64  `json:"newest_point"`
-	OldestPoint uint64  `json:"oldest_point"`
-	AckedPoint  uint64  `json:"acked_point"`
-	Connected   bool    `json:"connected"`
-	RawBytes    uint64  `json:"raw_bytes"`
-	WireBytes   uint64  `json:"wire_bytes"`
+	Name        string            `json:"name"`
+	State       string            `json:"state"`
+	SyncPercent float64           `json:"sync_percent"`
+	LagSeconds  float64           `json:"lag_seconds"`
+	LagBytes    int64             `json:"lag_bytes"`
+	NewestPoint uint64            `json:"newest_point"`
+	OldestPoint uint64            `json:"oldest_point"`
+	AckedPoint  uint64            `json:"acked_point"`
+	Connected   bool              `json:"connected"`
+	RawBytes    uint64            `json:"raw_bytes"`
+	WireBytes   uint64            `json:"wire_bytes"`
+	Checkpoint  *checkpointStatus `json:"checkpoint"`
+}
+
+// checkpointStatus is a disk status's newest checkpoint.
+type checkpointStatus struct {
+	Seq   uint64 `json:"seq"`
+	Label string `json:"label"`
+}
+
+func (c *checkpointStatus) String() string {
+	if c == nil {
+		return "none"
+	}
+	return fmt.Sprintf("seq %d %q", c.Seq, c.Label)
+}
+
+// statusAll is `tandem status --json` of every disk, by name.
+func (s *site) statusAll() map[string]diskStatus {
+	s.t.Helper()
+	var st []diskStatus
+	if err := json.Unmarshal([]byte(s.mustTandem("status", "--json")), &st); err != nil {
+		s.t.Fatalf("status: %v", err)
+	}
+	m := map[string]diskStatus{}
+	for _, d := range st {
+		m[d.Name] = d
+	}
+	return m
 }
 
 func (s *site) status(name string) diskStatus {
@@ -470,4 +498,62 @@ func TestReplicationRetention(t *testing.T) {
 	if out := sec.mustTandem("disk", "info", "vol1"); !strings.Contains(out, "1s (the primary's policy)") {
 		t.Fatalf("replica's disk info after a restart of the secondary:\n%s\nwant the retention kept, 1s", out)
 	}
+}
+
+// TestReplicationCheckpoints: --checkpoint-every cuts automatic
+// checkpoints (marker records) on a protected primary, the disks of one
+// --group together under one label, and the secondary receives them with
+// the records; a disk with the default interval (an hour) has none yet.
+func TestReplicationCheckpoints(t *testing.T) {
+	pri, sec, _ := pairedSites(t, false)
+	for _, name := range []string{"vol1", "vol2", "vol3"} {
+		pri.mustTandem("disk", "create", name, "--size", "16M")
+	}
+	for _, name := range []string{"vol1", "vol2"} {
+		pri.mustTandem("protect", name, "--peer", "beta", "--group", "g1", "--checkpoint-every", "1s")
+	}
+	pri.mustTandem("protect", "vol3", "--peer", "beta")
+	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x31 0 1M", pri.uri("vol1"))
+
+	// Both disks of the group carry the same cut, and new cuts follow.
+	labels := map[string]bool{}
+	var first uint64
+	deadline := time.Now().Add(30 * time.Second)
+	for len(labels) < 3 && time.Now().Before(deadline) {
+		st := pri.statusAll()
+		c1, c2 := st["vol1"].Checkpoint, st["vol2"].Checkpoint
+		if c1 != nil && c2 != nil && c1.Label == c2.Label {
+			if !strings.HasPrefix(c1.Label, "auto ") {
+				t.Fatalf("automatic checkpoint labelled %q; want \"auto TIME\"", c1.Label)
+			}
+			if first == 0 {
+				first = c1.Seq
+			}
+			labels[c1.Label] = true
+		}
+		if c := st["vol3"].Checkpoint; c != nil {
+			t.Fatalf("vol3 (checkpoint every hour) has checkpoint %s within a minute", c)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(labels) < 3 {
+		t.Fatalf("group g1 showed %d distinct shared checkpoints in 30s; want 3 (one a second)", len(labels))
+	}
+
+	// The markers travel: the replicas hold checkpoints of the same cuts.
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	waitCaughtUp(t, pri, "vol2", time.Minute)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		st := sec.statusAll()
+		c1, c2 := st["vol1"].Checkpoint, st["vol2"].Checkpoint
+		if c1 != nil && c2 != nil && c1.Seq >= first && c1.Label == c2.Label && strings.HasPrefix(c1.Label, "auto ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the secondary's replicas show checkpoints %s and %s; want the same cut, at or after seq %d", c1, c2, first)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	compareReplica(t, pri, sec, "vol1")
 }

@@ -142,7 +142,54 @@ func (r *runner) replicate(primary *site) error {
 	if _, err := r.tandem(primary, "verify", "vol1"); err != nil {
 		return err
 	}
-	return nil
+	return r.checkpoints(primary, secondary)
+}
+
+// checkpoints shows automatic checkpoints: two disks of one consistency
+// group, cut together every second, their markers shipped to the replicas.
+func (r *runner) checkpoints(primary, secondary *site) error {
+	r.title("Automatic checkpoints: db and logs in group app, cut together every second (--checkpoint-every 1s)")
+	for _, name := range []string{"db", "logs"} {
+		if _, err := r.tandem(primary, "disk", "create", name, "--size", "64M"); err != nil {
+			return err
+		}
+		if _, err := r.tandem(primary, "protect", name, "--peer", "secondary", "--group", "app", "--checkpoint-every", "1s"); err != nil {
+			return err
+		}
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := r.quiet(secondary, "status", "--json")
+		if err != nil {
+			return err
+		}
+		var st []struct {
+			Name       string `json:"name"`
+			Checkpoint *struct {
+				Seq   uint64 `json:"seq"`
+				Label string `json:"label"`
+			} `json:"checkpoint"`
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return fmt.Errorf("status --json: %w", err)
+		}
+		labels := map[string]string{}
+		for _, d := range st {
+			if d.Checkpoint != nil {
+				labels[d.Name] = d.Checkpoint.Label
+			}
+		}
+		if l := labels["db"]; l != "" && l == labels["logs"] {
+			r.say("both replicas hold the group's checkpoint %q", l)
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the replicas of db and logs hold no common checkpoint after a minute: %v", labels)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	_, err := r.tandem(secondary, "status")
+	return err
 }
 
 // waitProtected waits until the secondary holds every record of a disk.

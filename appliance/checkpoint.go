@@ -1,0 +1,120 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/tandem-dr/tandem/disk"
+)
+
+// checkpointTick is how often the daemon looks for automatic checkpoints
+// that are due; --checkpoint-every is kept to within it.
+const checkpointTick = time.Second
+
+// Checkpoint is a tagged recovery point: a marker record in a disk's
+// journal, shipped to the secondary with the records around it.
+type Checkpoint struct {
+	Seq   uint64    `json:"seq"`
+	Time  time.Time `json:"time"`
+	Label string    `json:"label"`
+}
+
+// autoLabel labels the automatic checkpoint cut at t. The disks of a
+// group, cut together, carry the same label.
+func autoLabel(t time.Time) string { return "auto " + t.UTC().Format(time.RFC3339) }
+
+// runCheckpoints cuts the automatic checkpoints that are due, every
+// checkpointTick until ctx ends. A failure is logged when it first
+// appears (or changes), and again when that cut works once more.
+func (d *Daemon) runCheckpoints(ctx context.Context) {
+	t := time.NewTicker(checkpointTick)
+	defer t.Stop()
+	failing := map[string]string{} // cut (disk or group) → the error last logged
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		errs := d.cutDue(ctx, time.Now())
+		for key, err := range errs {
+			if failing[key] != err.Error() {
+				failing[key] = err.Error()
+				d.log.Warn("automatic checkpoint", "cut", key, "err", err)
+			}
+		}
+		for key := range failing {
+			if _, ok := errs[key]; !ok {
+				delete(failing, key)
+				d.log.Info("automatic checkpoints work again", "cut", key)
+			}
+		}
+	}
+}
+
+// cutMember is one disk of an automatic cut.
+type cutMember struct {
+	name string
+	od   *openDisk
+}
+
+// cutDue cuts, at now, the automatic checkpoints of the protected primary
+// disks whose --checkpoint-every has passed since their last one (or
+// since the daemon first saw them protected). The disks of one --group
+// are cut together, at one instant (disk.Cut holds off their writes
+// while the markers are appended), as soon as one of them is due. It
+// returns the failures by cut: "disk NAME" or "group NAME".
+func (d *Daemon) cutDue(ctx context.Context, now time.Time) map[string]error {
+	cuts := map[string][]cutMember{}
+	due := map[string]bool{}
+	d.mu.Lock()
+	for name, od := range d.disks {
+		if od.tap == nil || !od.meta.Protected {
+			continue
+		}
+		key := "disk " + name
+		if g := od.meta.Policy.Group; g != "" {
+			key = "group " + g
+		}
+		cuts[key] = append(cuts[key], cutMember{name, od})
+		if od.cutAt.IsZero() {
+			od.cutAt = now
+		}
+		if now.Sub(od.cutAt) >= time.Duration(od.meta.Policy.withDefaults().CheckpointEvery) {
+			due[key] = true
+		}
+	}
+	d.mu.Unlock()
+
+	errs := map[string]error{}
+	for key := range due {
+		ms := cuts[key]
+		sort.Slice(ms, func(i, j int) bool { return ms[i].name < ms[j].name })
+		taps := make([]*disk.Tap, len(ms))
+		for i, m := range ms {
+			taps[i] = m.od.tap
+		}
+		label := autoLabel(now)
+		seqs, err := disk.Cut(ctx, taps, []byte(label))
+		d.mu.Lock()
+		for i, m := range ms {
+			m.od.cutAt = now // a failed cut is tried again after the interval
+			if err == nil {
+				m.od.checkpoint = &Checkpoint{Seq: seqs[i], Time: now, Label: label}
+			}
+		}
+		gone := false
+		for _, m := range ms {
+			if d.disks[m.name] != m.od || !m.od.meta.Protected {
+				gone = true // removed or unprotected meanwhile
+			}
+		}
+		d.mu.Unlock()
+		if err != nil && !gone && ctx.Err() == nil {
+			errs[key] = fmt.Errorf("cut %d disks: %w", len(ms), err)
+		}
+	}
+	return errs
+}
