@@ -25,35 +25,6 @@ type Checkpoint struct {
 // group, cut together, carry the same label.
 func autoLabel(t time.Time) string { return "auto " + t.UTC().Format(time.RFC3339) }
 
-// runCheckpoints cuts the automatic checkpoints that are due, every
-// checkpointTick until ctx ends. A failure is logged when it first
-// appears (or changes), and again when that cut works once more.
-func (d *Daemon) runCheckpoints(ctx context.Context) {
-	t := time.NewTicker(checkpointTick)
-	defer t.Stop()
-	failing := map[string]string{} // cut (disk or group) → the error last logged
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		errs := d.cutDue(ctx, time.Now())
-		for key, err := range errs {
-			if failing[key] != err.Error() {
-				failing[key] = err.Error()
-				d.log.Warn("automatic checkpoint", "cut", key, "err", err)
-			}
-		}
-		for key := range failing {
-			if _, ok := errs[key]; !ok {
-				delete(failing, key)
-				d.log.Info("automatic checkpoints work again", "cut", key)
-			}
-		}
-	}
-}
-
 // cutMember is one disk of an automatic cut.
 type cutMember struct {
 	name string

@@ -201,11 +201,13 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		d.runRetention(ctx)
+		// Replicas release the records older than their retention.
+		d.runPeriodic(ctx, retentionEvery, "retention", "disk", d.expireReplicas)
 	}()
 	go func() {
 		defer wg.Done()
-		d.runCheckpoints(ctx)
+		// Protected primaries cut their automatic checkpoints when due.
+		d.runPeriodic(ctx, checkpointTick, "automatic checkpoint", "cut", d.cutDue)
 	}()
 	if ctx.Err() == nil {
 		d.log.Info("serving", "data", d.dataDir, "api", d.opts.API, "disks", len(d.disks))

@@ -49,32 +49,31 @@ func (d *Daemon) setReplicaPolicy(ctx context.Context, site, name string, p repl
 // may move before it is saved again.
 const clockSlack = time.Second
 
-// runRetention releases, every retentionEvery until ctx ends, the records
-// of each replica's retention journal that are older than its retention
-// (a replica whose primary never sent one keeps every record).
-// A failure is logged when it first appears (or changes), and again
-// when that disk's retention works once more, not every second.
-func (d *Daemon) runRetention(ctx context.Context) {
-	t := time.NewTicker(retentionEvery)
+// runPeriodic calls step every interval until ctx ends. step returns
+// its failures by key (a disk, a group); a failure is logged, as what,
+// when it first appears (or changes), and again when its key works once
+// more, not at every step.
+func (d *Daemon) runPeriodic(ctx context.Context, every time.Duration, what, keyAttr string, step func(context.Context, time.Time) map[string]error) {
+	t := time.NewTicker(every)
 	defer t.Stop()
-	failing := map[string]string{} // disk → the error last logged
+	failing := map[string]string{} // key → the error last logged
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		errs := d.expireReplicas(ctx, time.Now())
-		for name, err := range errs {
-			if failing[name] != err.Error() {
-				failing[name] = err.Error()
-				d.log.Warn("retention", "disk", name, "err", err)
+		errs := step(ctx, time.Now())
+		for key, err := range errs {
+			if failing[key] != err.Error() {
+				failing[key] = err.Error()
+				d.log.Warn(what, keyAttr, key, "err", err)
 			}
 		}
-		for name := range failing {
-			if _, ok := errs[name]; !ok {
-				delete(failing, name)
-				d.log.Info("retention works again", "disk", name)
+		for key := range failing {
+			if _, ok := errs[key]; !ok {
+				delete(failing, key)
+				d.log.Info(what+" works again", keyAttr, key)
 			}
 		}
 	}
