@@ -45,7 +45,7 @@ func (d *Daemon) startRepl(ctx context.Context, wg *sync.WaitGroup, fail func(er
 		Create: d.createReplica,
 		Policy: d.setReplicaPolicy,
 		Identify: func(ctx context.Context, conn net.Conn) (string, error) {
-			tc, ok := conn.(*tls.Conn)
+			tc, ok := conn.(interface{ ConnectionState() tls.ConnectionState })
 			if !ok {
 				return "", errors.New("replication connection without TLS")
 			}

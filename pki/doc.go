@@ -30,8 +30,8 @@
 //	id, err := pki.Load(filepath.Join(data, "pki"))           // pki.Init at tandem init
 //	ln, err := pki.NewListener(tcpLn, pki.ListenerConfig{Identity: id, Logger: log})
 //	// ln serves pairing itself and Accept returns only handshaken
-//	// *tls.Conn from paired sites: hand it to replication.Server.Serve,
-//	// with Identify = pki.PeerSite(conn.(*tls.Conn).ConnectionState()).
+//	// *pki.Conn from paired sites: hand it to replication.Server.Serve,
+//	// with Identify = pki.PeerSite(conn.(*pki.Conn).ConnectionState()).
 //	tok, err := id.NewToken("dr-b.example:7800", 0)            // tandem pair token
 //	t, err := pki.ParseToken(arg); c, err := net.Dial("tcp", t.Address)
 //	peer, err := pki.PairClient(ctx, c, id, t)                 // tandem pair add

@@ -2,7 +2,6 @@ package pki
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,7 +41,7 @@ type ListenerConfig struct {
 // listener, completes each connection's handshake with ServerTLS (in its
 // own goroutine, so a slow client holds up no one), serves pairing
 // connections itself with PairServer, and hands Accept only replication
-// connections from paired sites, as handshaken *tls.Conn (PeerSite names
+// connections from paired sites, as handshaken *Conn (PeerSite names
 // the site). Every refusal is logged with the remote address and why.
 //
 // NewListener starts the accepting goroutine; Close stops it, closes the
@@ -55,7 +54,7 @@ type Listener struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	conns  chan *tls.Conn
+	conns  chan *Conn
 	wg     sync.WaitGroup
 	once   sync.Once
 }
@@ -78,7 +77,7 @@ func NewListener(inner net.Listener, cfg ListenerConfig) (*Listener, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &Listener{inner: inner, cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: make(chan *tls.Conn)}
+	l := &Listener{inner: inner, cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: make(chan *Conn)}
 	l.wg.Add(1)
 	go l.acceptLoop()
 	return l, nil
@@ -140,7 +139,7 @@ func (l *Listener) handle(c net.Conn) {
 	defer l.wg.Done()
 	id := l.cfg.Identity
 	remote := c.RemoteAddr().String()
-	tc := tls.Server(c, id.ServerTLS(id.Peers()))
+	tc := newConn(c, id.ServerTLS(id.Peers()), false)
 	hctx, cancel := context.WithTimeout(l.ctx, l.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -154,7 +153,7 @@ func (l *Listener) handle(c net.Conn) {
 		defer tc.Close()
 		pctx, cancel := context.WithTimeout(l.ctx, l.cfg.PairTimeout)
 		defer cancel()
-		peer, err := PairServer(pctx, tc, id, id.Tokens())
+		peer, err := PairServer(pctx, tc.Conn, id, id.Tokens())
 		if err != nil {
 			l.log.Warn("replication listener: refused pairing", logKeyRemote, remote, logKeyErr, err)
 			return
@@ -177,7 +176,7 @@ func (l *Listener) handle(c net.Conn) {
 // DialPeer opens a replication connection to the paired site site at the
 // address it was paired with (or addr when not empty): TCP, then a TLS
 // handshake with ClientTLS(site). The caller closes the connection.
-func (id *Identity) DialPeer(ctx context.Context, site, addr string) (*tls.Conn, error) {
+func (id *Identity) DialPeer(ctx context.Context, site, addr string) (*Conn, error) {
 	if addr == "" {
 		p, err := id.peers.Get(site)
 		if err != nil {
@@ -193,7 +192,7 @@ func (id *Identity) DialPeer(ctx context.Context, site, addr string) (*tls.Conn,
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %q at %s: %w", site, addr, err)
 	}
-	tc := tls.Client(c, id.ClientTLS(site))
+	tc := newConn(c, id.ClientTLS(site), true)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("dial peer %q at %s: TLS handshake: %w", site, addr, err)

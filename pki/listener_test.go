@@ -3,7 +3,6 @@ package pki_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -124,9 +123,9 @@ func TestListener(t *testing.T) {
 		t.Fatalf("Accept: %v", got.err)
 	}
 	defer got.conn.Close()
-	tc, ok := got.conn.(*tls.Conn)
+	tc, ok := got.conn.(*pki.Conn)
 	if !ok {
-		t.Fatalf("Accept returned %T, want *tls.Conn", got.conn)
+		t.Fatalf("Accept returned %T, want *pki.Conn", got.conn)
 	}
 	if site, err := pki.PeerSite(tc.ConnectionState()); err != nil || site != "primary" {
 		t.Errorf("PeerSite of the accepted connection = %q, %v, want primary", site, err)
@@ -137,6 +136,35 @@ func TestListener(t *testing.T) {
 	buf := make([]byte, 4)
 	if _, err := io.ReadFull(tc, buf); err != nil || string(buf) != "ping" {
 		t.Errorf("server read %q, %v, want ping", buf, err)
+	}
+	// Large writes, whose TLS records the Conn coalesces, arrive whole and
+	// in order, both ways.
+	for _, dir := range []struct {
+		name string
+		w, r net.Conn
+	}{{"primary to secondary", c, tc}, {"secondary to primary", tc, c}} {
+		big := make([]byte, 3<<20+12345)
+		for i := range big {
+			big[i] = byte(i*7 + i>>16)
+		}
+		werr := make(chan error, 1)
+		go func() {
+			_, err := dir.w.Write(big)
+			if err == nil {
+				_, err = dir.w.Write(big[:100])
+			}
+			werr <- err
+		}()
+		got := make([]byte, len(big)+100)
+		if _, err := io.ReadFull(dir.r, got); err != nil {
+			t.Fatalf("%s: read: %v", dir.name, err)
+		}
+		if err := <-werr; err != nil {
+			t.Fatalf("%s: write: %v", dir.name, err)
+		}
+		if !bytes.Equal(got[:len(big)], big) || !bytes.Equal(got[len(big):], big[:100]) {
+			t.Fatalf("%s: the bytes read differ from those written", dir.name)
+		}
 	}
 
 	// An unpaired site is refused, logged, and never accepted.
