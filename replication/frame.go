@@ -92,12 +92,17 @@ type frameReader struct {
 
 	// Payload buffers the caller took (take) and gave back (recycle), for
 	// the next frames; recycle may be called from another goroutine.
-	fmu  sync.Mutex
-	free [][]byte
+	fmu       sync.Mutex
+	free      [][]byte
+	freeBytes int // the capacity of free
 }
 
-// maxFreeBuffers bounds the buffers a frameReader keeps for reuse.
-const maxFreeBuffers = 4
+// maxFreeBytes bounds the buffers a frameReader keeps for reuse: enough
+// for what the receiver's pipeline holds at once (the group being
+// appended, the group queued behind it, up to streamMaxBytes each, and the
+// frame being read), so that a busy connection allocates no payload
+// buffer in its steady state.
+const maxFreeBytes = 3 * streamMaxBytes
 
 // take hands the caller the buffer that holds the payload of f, the frame
 // next returned last: the frameReader reads the next frames into other
@@ -117,8 +122,9 @@ func (fr *frameReader) recycle(bufs [][]byte) {
 	fr.fmu.Lock()
 	defer fr.fmu.Unlock()
 	for _, b := range bufs {
-		if len(fr.free) < maxFreeBuffers && b != nil {
+		if b != nil && fr.freeBytes+cap(b) <= maxFreeBytes {
 			fr.free = append(fr.free, b[:0])
+			fr.freeBytes += cap(b)
 		}
 	}
 }
@@ -128,7 +134,7 @@ func (fr *frameReader) recycle(bufs [][]byte) {
 // memory. The caller must hold no payload of the frameReader's.
 func (fr *frameReader) idle() {
 	fr.fmu.Lock()
-	fr.free = nil
+	fr.free, fr.freeBytes = nil, 0
 	fr.fmu.Unlock()
 	if cap(fr.buf) > 64<<10 {
 		fr.buf = nil
@@ -147,6 +153,7 @@ func (fr *frameReader) reuse() []byte {
 	b := fr.free[n-1]
 	fr.free[n-1] = nil
 	fr.free = fr.free[:n-1]
+	fr.freeBytes -= cap(b)
 	return b
 }
 
