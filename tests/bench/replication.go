@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -517,6 +518,11 @@ func (b *replBench) freshDisk(ctx context.Context, v replVariant, bs string) (st
 			return "", err
 		}
 	}
+	// Every run starts with nothing dirty in the page cache: otherwise the
+	// writeback of the runs before it (and of this preparation) falls on
+	// whichever variant runs next, and a line's ratio says more of the
+	// order than of replication.
+	syscall.Sync()
 	return name, nil
 }
 
