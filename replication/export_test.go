@@ -212,3 +212,9 @@ func AckedConsistent(p []byte) (uint64, error) {
 	m, err := decodeAck(p)
 	return m.Consistent, err
 }
+
+// The sender's window of records frames in flight.
+const (
+	MaxInflightFrames = maxInflightFrames
+	InflightWait      = inflightWait
+)

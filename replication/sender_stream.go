@@ -257,6 +257,9 @@ func (w *streamer) stream(ctx context.Context, next uint64) error {
 		if err := w.sendVerifies(ctx, next-1); err != nil {
 			return err
 		}
+		if err := w.holdForAck(ctx); err != nil {
+			return err
+		}
 		s.mu.Lock()
 		syncing := s.st.sync != nil
 		s.mu.Unlock()
@@ -301,6 +304,39 @@ func (w *streamer) stream(ctx context.Context, next uint64) error {
 			return err
 		}
 	}
+}
+
+// Records frames in flight: with maxInflightFrames of them unacknowledged
+// the sender waits for an acknowledgement (at most inflightWait) before
+// it reads the next batch, so that while the secondary is busy the
+// records gather into fewer, larger frames. The receiver reads ahead of
+// its appender (group commit), so the link's own backpressure no longer
+// does this; four frames of up to MaxBatchBytes keep its pipeline full.
+const (
+	maxInflightFrames = 4
+	inflightWait      = 50 * time.Millisecond
+)
+
+// holdForAck waits while maxInflightFrames records frames are
+// unacknowledged, until an acknowledgement moves or inflightWait passes.
+func (w *streamer) holdForAck(ctx context.Context) error {
+	s := w.s
+	s.mu.Lock()
+	full := len(s.st.inflight) >= maxInflightFrames
+	acked := s.ackCh
+	s.mu.Unlock()
+	if !full {
+		return nil
+	}
+	t := time.NewTimer(inflightWait)
+	defer t.Stop()
+	select {
+	case <-acked:
+	case <-t.C:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	return nil
 }
 
 // wait blocks until the source's head passes seq, a verify request

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tandem-dr/tandem/journal"
 	"github.com/tandem-dr/tandem/replication"
 	"github.com/tandem-dr/tandem/replication/replicationtest"
 )
@@ -640,5 +643,66 @@ func TestReconcileAfterPrimaryLostTail(t *testing.T) {
 			waitSynced(t, s, src, sink, 10*time.Second)
 			closeSender(t, s)
 		})
+	}
+}
+
+// writeCounter counts the writes on a connection (the sender writes each
+// frame with one).
+type writeCounter struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c writeCounter) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestSenderWindow: while the secondary acknowledges nothing (its sink is
+// busy), the sender keeps MaxInflightFrames records frames in flight and
+// lets the writes meanwhile gather into larger frames, rather than
+// sending one frame per trickling write; all arrive once the sink is free.
+func TestSenderWindow(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	release := make(chan struct{})
+	var busy atomic.Bool
+	sink.FailAppend = func([]journal.Record) error {
+		if busy.Load() {
+			<-release
+		}
+		return nil
+	}
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	var writes atomic.Int64
+	dial := func(ctx context.Context) (net.Conn, error) {
+		c, err := d.dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return writeCounter{c, &writes}, nil
+	}
+	s, _ := startSender(t, src, dial, func(c *replication.SenderConfig) {
+		c.Compress = replication.CompressNone
+		c.Heartbeat = time.Hour
+	})
+	src.Write(0, []byte("boot"))
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	busy.Store(true)
+	before, start := writes.Load(), time.Now()
+	for i := 0; i < 100; i++ {
+		src.Write(int64(i)*4096, []byte("x"))
+		time.Sleep(time.Millisecond)
+	}
+	sent, took := writes.Load()-before, time.Since(start)
+	t.Logf("sent %d frames in %v", sent, took)
+	close(release)
+	waitSynced(t, s, src, sink, 10*time.Second)
+	// MaxInflightFrames at once, then one more each time the wait for an
+	// acknowledgement gives up.
+	if limit := int64(replication.MaxInflightFrames) + int64(took/replication.InflightWait) + 2; sent > limit {
+		t.Errorf("%d frames for 100 writes in %v while the secondary acknowledged nothing; want at most %d", sent, took.Round(time.Millisecond), limit)
 	}
 }
