@@ -3,7 +3,8 @@ package appliance
 import (
 	"context"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tandem-dr/tandem/disk"
@@ -62,25 +63,21 @@ func (d *Daemon) cutDue(ctx context.Context, now time.Time) map[string]error {
 	errs := map[string]error{}
 	for key := range due {
 		ms := cuts[key]
-		sort.Slice(ms, func(i, j int) bool { return ms[i].name < ms[j].name })
+		slices.SortFunc(ms, func(a, b cutMember) int { return strings.Compare(a.name, b.name) })
 		taps := make([]*disk.Tap, len(ms))
 		for i, m := range ms {
 			taps[i] = m.od.tap
 		}
 		label := autoLabel(now)
 		seqs, err := disk.Cut(ctx, taps, []byte(label))
+		gone := false // a disk removed or unprotected meanwhile
 		d.mu.Lock()
 		for i, m := range ms {
 			m.od.cutAt = now // a failed cut is tried again after the interval
 			if err == nil {
 				m.od.checkpoint = &Checkpoint{Seq: seqs[i], Time: now, Label: label}
 			}
-		}
-		gone := false
-		for _, m := range ms {
-			if d.disks[m.name] != m.od || !m.od.meta.Protected {
-				gone = true // removed or unprotected meanwhile
-			}
+			gone = gone || d.disks[m.name] != m.od || !m.od.meta.Protected
 		}
 		d.mu.Unlock()
 		if err != nil && !gone && ctx.Err() == nil {

@@ -72,13 +72,14 @@ func (r *receiver) onStreamRecords(f frame) error {
 	a := &r.ap
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for a.err == nil && a.queued != nil && !a.queued.(*group).open() {
+	g, _ := a.queued.(*group)
+	for a.err == nil && a.queued != nil && (g == nil || !g.open()) {
 		a.wake.Wait() // backpressure: a job or a full group is waiting
+		g, _ = a.queued.(*group)
 	}
 	if a.err != nil {
 		return a.err
 	}
-	g, _ := a.queued.(*group)
 	if g == nil {
 		g = &group{next: r.next}
 	}
