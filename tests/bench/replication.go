@@ -85,6 +85,10 @@ type replRun struct {
 	drain     time.Duration
 	raw, wire uint64
 	degraded  bool
+	// overflowed is set when the primary's journal filled during the run
+	// (its log says so): the disk then tracked dirty regions and resynced
+	// them, so the run measured that path, not the journal's.
+	overflowed bool
 	// The lag samples when the run was sampled, and how many status
 	// calls failed.
 	lags      []float64
@@ -208,6 +212,7 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 		return fmt.Errorf("warm-up run: %w", err)
 	}
 	best := map[string]map[string]replRun{}
+	overflows := map[string]int{} // async runs of a line whose journal filled
 	for _, l := range lines {
 		best[l.job.name] = map[string]replRun{}
 		for r := range rounds {
@@ -216,6 +221,9 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 				run, err := b.run(ctx, v, l.job, false)
 				if err != nil {
 					return fmt.Errorf("%s, replication %s: %w", l.job.name, v.name, err)
+				}
+				if run.overflowed {
+					overflows[l.job.name+" "+v.name]++
 				}
 				if run.fio.iops > best[l.job.name][v.name].fio.iops {
 					best[l.job.name][v.name] = run
@@ -291,6 +299,15 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	}
 	fmt.Println("  off: the disk not protected; on: protected, async, zstd; drain: from fio's end until the secondary held\n" +
 		"  every record; wire: frame bytes / record bytes shipped (fio's default data)")
+	for _, l := range lines {
+		for _, v := range l.variants {
+			if n := overflows[l.job.name+" "+v.name]; n > 0 {
+				fmt.Printf("  %s, %s: the primary's journal reached --journal-max in %d of %d runs (then dirty-region\n"+
+					"  tracking and a resync, within the drain); in the run above: %v\n",
+					l.job.name, v.name, n, rounds, best[l.job.name][v.name].overflowed)
+			}
+		}
+	}
 	fmt.Println("CPU seconds of the daemons per GB written, over fio's run and the drain, in the runs above:")
 	for _, l := range lines {
 		fmt.Printf("  %-14s", l.job.name)
@@ -629,7 +646,34 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	}
 	run.raw, run.wire = after.RawBytes-before.RawBytes, after.WireBytes-before.WireBytes
 	run.degraded = run.degraded || mid.SyncDegraded || after.SyncDegraded
+	if run.overflowed, err = logMentions(b.pri.daemon.logPath, journalFullLog, "disk="+disk+" "); err != nil {
+		return replRun{}, err
+	}
 	return run, nil
+}
+
+// journalFullLog is what the daemon logs when a disk's journal reaches its
+// limit (--journal-max) and it falls back to tracking dirty regions.
+const journalFullLog = "journal full: tracking dirty regions"
+
+// logMentions reports whether a line of the log at path holds every one
+// of words; a word may end in a space, which the line's end matches too.
+func logMentions(path string, words ...string) (bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("read daemon log: %w", err)
+	}
+	for line := range strings.Lines(string(b)) {
+		line = strings.TrimRight(line, "\n") + " "
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(line, w)
+		}
+		if all {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // seedRun is the initial sync of a written disk, and the copy of the

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -182,5 +184,31 @@ func TestHeldRate(t *testing.T) {
 	}
 	if got := (replRun{}).heldRate(); got != 0 {
 		t.Errorf("no run: %.1f, want 0", got)
+	}
+}
+
+// TestLogMentions checks how a run is found to have filled its journal:
+// the daemon's warning names the disk, and another disk's warning (even
+// one whose name extends this one's) does not count.
+func TestLogMentions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "serve.log")
+	log := `time=2026-11-26T15:37:03.073Z level=INFO msg="disk created" site=alpha disk=bench1-async
+time=2026-11-26T15:37:04.073Z level=WARN msg="journal full: tracking dirty regions, disk needs resync" site=alpha disk=bench3-async
+time=2026-11-26T15:37:03.073Z level=WARN msg="journal full: tracking dirty regions, disk needs resync" site=alpha disk=bench12-async journal_bytes=4294139850
+`
+	if err := os.WriteFile(path, []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		disk string
+		want bool
+	}{{"bench12-async", true}, {"bench3-async", true}, {"bench1-async", false}, {"bench2-async", false}} {
+		got, err := logMentions(path, journalFullLog, "disk="+tc.disk+" ")
+		if err != nil || got != tc.want {
+			t.Errorf("logMentions(%s) = %v, %v; want %v", tc.disk, got, err, tc.want)
+		}
+	}
+	if _, err := logMentions(filepath.Join(t.TempDir(), "none.log"), "x"); err == nil {
+		t.Error("logMentions of a missing log: no error")
 	}
 }
