@@ -212,3 +212,26 @@ time=2026-11-26T15:37:03.073Z level=WARN msg="journal full: tracking dirty regio
 		t.Error("logMentions of a missing log: no error")
 	}
 }
+
+// TestBetterRun checks which run a line keeps: one whose journal kept
+// every record beats a faster one whose journal filled.
+func TestBetterRun(t *testing.T) {
+	run := func(iops float64, overflowed bool) replRun {
+		return replRun{fio: replFioResult{iops: iops}, overflowed: overflowed}
+	}
+	for _, tc := range []struct {
+		a, b replRun
+		want bool
+	}{
+		{run(10, false), replRun{}, true},
+		{run(10, true), replRun{}, true},
+		{run(10, false), run(20, true), true},
+		{run(20, true), run(10, false), false},
+		{run(20, false), run(10, false), true},
+		{run(10, true), run(20, true), false},
+	} {
+		if got := better(tc.a, tc.b); got != tc.want {
+			t.Errorf("better(%+v, %+v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
