@@ -109,6 +109,10 @@ func (d *Daemon) startSender(ctx context.Context, od *openDisk) error {
 	if p.PeerAway == PeerAwayHold {
 		away = replication.HoldWrites
 	}
+	var batch, window int // the defaults
+	if p.Mode == ModeSync {
+		batch, window = replication.SyncModeMaxBatchBytes, replication.SyncModeMaxInflightFrames
+	}
 	s, err := replication.NewSender(replication.SenderConfig{
 		Disk: od.meta.Name,
 		Dial: func(ctx context.Context) (net.Conn, error) {
@@ -122,6 +126,9 @@ func (d *Daemon) startSender(ctx context.Context, od *openDisk) error {
 		Retention:   time.Duration(p.Retention),
 		PeerAway:    away,
 		SyncTimeout: time.Duration(p.SyncTimeout),
+
+		MaxBatchBytes:     batch,
+		MaxInflightFrames: window,
 	})
 	if err != nil {
 		return fmt.Errorf("replication of %s: %w", od.meta.Name, err)

@@ -33,13 +33,23 @@ const (
 const (
 	DefaultMaxBatchBytes   = 4 << 20
 	DefaultMaxBatchRecords = 8192
-	DefaultRegionSize      = 4 << 20
-	DefaultSyncTimeout     = 5 * time.Second
-	DefaultRPOAlert        = 30 * time.Second
-	DefaultHeartbeat       = time.Second
-	DefaultTimeout         = 15 * time.Second
-	DefaultMinBackoff      = 100 * time.Millisecond
-	DefaultMaxBackoff      = 5 * time.Second
+	// DefaultMaxInflightFrames keeps the secondary's pipeline full while
+	// letting records gather into larger frames while it is busy.
+	DefaultMaxInflightFrames = 4
+	// SyncModeMaxBatchBytes and SyncModeMaxInflightFrames suit sync mode,
+	// where every write waits for its frame's acknowledgement: the same
+	// 16 MiB in flight, in frames a quarter the size, which the secondary
+	// receives, verifies and appends a frame sooner. Measured with 1 MiB
+	// writes at QD16 here: 669 against 625 MB/s (six runs each, in turn).
+	SyncModeMaxBatchBytes     = 1 << 20
+	SyncModeMaxInflightFrames = 16
+	DefaultRegionSize         = 4 << 20
+	DefaultSyncTimeout        = 5 * time.Second
+	DefaultRPOAlert           = 30 * time.Second
+	DefaultHeartbeat          = time.Second
+	DefaultTimeout            = 15 * time.Second
+	DefaultMinBackoff         = 100 * time.Millisecond
+	DefaultMaxBackoff         = 5 * time.Second
 )
 
 // maxBatchBytes caps MaxBatchBytes so that a batch plus one record of
@@ -71,6 +81,13 @@ type SenderConfig struct {
 	// while the link is busy.
 	MaxBatchBytes   int
 	MaxBatchRecords int
+	// MaxInflightFrames is how many records frames may be unacknowledged
+	// before the sender waits for an acknowledgement (at most a short
+	// while) to read the next batch; zero is DefaultMaxInflightFrames.
+	// Sync mode wants smaller frames and more of them, so that the
+	// secondary starts on a write's records sooner (see
+	// SyncModeMaxBatchBytes).
+	MaxInflightFrames int
 	// BatchDelay, when positive, lets a batch smaller than half of
 	// MaxBatchBytes wait up to this long for more records (fewer, larger
 	// frames under a trickle of small writes, at the cost of lag). Zero
@@ -129,6 +146,9 @@ func (c *SenderConfig) Validate() error {
 	}
 	if c.MaxBatchRecords <= 0 {
 		c.MaxBatchRecords = DefaultMaxBatchRecords
+	}
+	if c.MaxInflightFrames <= 0 {
+		c.MaxInflightFrames = DefaultMaxInflightFrames
 	}
 	if c.RegionSize <= 0 {
 		c.RegionSize = DefaultRegionSize

@@ -215,6 +215,6 @@ func AckedConsistent(p []byte) (uint64, error) {
 
 // The sender's window of records frames in flight.
 const (
-	MaxInflightFrames = maxInflightFrames
+	MaxInflightFrames = DefaultMaxInflightFrames
 	InflightWait      = inflightWait
 )

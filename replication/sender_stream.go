@@ -306,23 +306,21 @@ func (w *streamer) stream(ctx context.Context, next uint64) error {
 	}
 }
 
-// Records frames in flight: with maxInflightFrames of them unacknowledged
+// Records frames in flight: with MaxInflightFrames of them unacknowledged
 // the sender waits for an acknowledgement (at most inflightWait) before
 // it reads the next batch, so that while the secondary is busy the
 // records gather into fewer, larger frames. The receiver reads ahead of
 // its appender (group commit), so the link's own backpressure no longer
-// does this; four frames of up to MaxBatchBytes keep its pipeline full.
-const (
-	maxInflightFrames = 4
-	inflightWait      = 50 * time.Millisecond
-)
+// does this; by default four frames of up to MaxBatchBytes keep its
+// pipeline full.
+const inflightWait = 50 * time.Millisecond
 
-// holdForAck waits while maxInflightFrames records frames are
+// holdForAck waits while MaxInflightFrames records frames are
 // unacknowledged, until an acknowledgement moves or inflightWait passes.
 func (w *streamer) holdForAck(ctx context.Context) error {
 	s := w.s
 	s.mu.Lock()
-	full := len(s.st.inflight) >= maxInflightFrames
+	full := len(s.st.inflight) >= s.cfg.MaxInflightFrames
 	acked := s.ackCh
 	s.mu.Unlock()
 	if !full {

@@ -663,6 +663,16 @@ func (c writeCounter) Write(p []byte) (int, error) {
 // lets the writes meanwhile gather into larger frames, rather than
 // sending one frame per trickling write; all arrive once the sink is free.
 func TestSenderWindow(t *testing.T) {
+	for _, window := range []int{0, 12} { // 0: the default
+		t.Run(fmt.Sprintf("window=%d", window), func(t *testing.T) { testSenderWindow(t, window) })
+	}
+}
+
+func testSenderWindow(t *testing.T, window int) {
+	want := window
+	if want == 0 {
+		want = replication.MaxInflightFrames
+	}
 	src := replicationtest.NewMemSource(diskSize, 0)
 	sink := replicationtest.NewMemSink(diskSize)
 	release := make(chan struct{})
@@ -686,6 +696,7 @@ func TestSenderWindow(t *testing.T) {
 	s, _ := startSender(t, src, dial, func(c *replication.SenderConfig) {
 		c.Compress = replication.CompressNone
 		c.Heartbeat = time.Hour
+		c.MaxInflightFrames = window
 	})
 	src.Write(0, []byte("boot"))
 	waitSynced(t, s, src, sink, 10*time.Second)
@@ -700,9 +711,9 @@ func TestSenderWindow(t *testing.T) {
 	t.Logf("sent %d frames in %v", sent, took)
 	close(release)
 	waitSynced(t, s, src, sink, 10*time.Second)
-	// MaxInflightFrames at once, then one more each time the wait for an
-	// acknowledgement gives up.
-	if limit := int64(replication.MaxInflightFrames) + int64(took/replication.InflightWait) + 2; sent > limit {
-		t.Errorf("%d frames for 100 writes in %v while the secondary acknowledged nothing; want at most %d", sent, took.Round(time.Millisecond), limit)
+	// The window's frames at once, a write each, then one more each time
+	// the wait for an acknowledgement gives up.
+	if limit := int64(want) + int64(took/replication.InflightWait) + 2; sent > limit || sent < int64(want) {
+		t.Errorf("%d frames for 100 writes in %v while the secondary acknowledged nothing; want %d to %d", sent, took.Round(time.Millisecond), want, limit)
 	}
 }
