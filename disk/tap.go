@@ -546,6 +546,11 @@ func (t *Tap) applyIsLowestHold() bool {
 	return true
 }
 
+// LogJournalFull is the message a tap logs (Warn) when its journal reaches
+// its limit and it switches to dirty-region tracking; the benchmarks look
+// for it in the daemon's log.
+const LogJournalFull = "journal full: tracking dirty regions, disk needs resync"
+
 // enterOverflow switches to dirty-region tracking and persists that.
 func (t *Tap) enterOverflow() error {
 	t.mu.Lock()
@@ -558,7 +563,7 @@ func (t *Tap) enterOverflow() error {
 	if err := t.log.SetMeta(metaOverflow, []byte("1")); err != nil {
 		return fmt.Errorf("enter overflow: %w", err)
 	}
-	t.logger.Warn("journal full: tracking dirty regions, disk needs resync", "journal_bytes", t.log.Bytes())
+	t.logger.Warn(LogJournalFull, "journal_bytes", t.log.Bytes())
 	return nil
 }
 

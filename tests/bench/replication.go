@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/tandem-dr/tandem/disk"
 )
 
 // Issue 5's speed targets.
@@ -212,7 +214,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 		return fmt.Errorf("warm-up run: %w", err)
 	}
 	best := map[string]map[string]replRun{}
-	all := map[string][]replRun{} // every run of a line's variant, in order
+	type lineVariant struct{ line, variant string }
+	all := map[lineVariant][]replRun{} // every run of a line's variant, in order
 	for _, l := range lines {
 		best[l.job.name] = map[string]replRun{}
 		for r := range rounds {
@@ -222,7 +225,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 				if err != nil {
 					return fmt.Errorf("%s, replication %s: %w", l.job.name, v.name, err)
 				}
-				all[l.job.name+" "+v.name] = append(all[l.job.name+" "+v.name], run)
+				lv := lineVariant{l.job.name, v.name}
+				all[lv] = append(all[lv], run)
 				if better(run, best[l.job.name][v.name]) {
 					best[l.job.name][v.name] = run
 				}
@@ -299,7 +303,7 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 		"  every record; wire: frame bytes / record bytes shipped (fio's default data)")
 	for _, l := range lines {
 		for _, v := range l.variants {
-			if runs := all[l.job.name+" "+v.name]; slices.ContainsFunc(runs, func(r replRun) bool { return r.overflowed }) {
+			if runs := all[lineVariant{l.job.name, v.name}]; slices.ContainsFunc(runs, func(r replRun) bool { return r.overflowed }) {
 				fmt.Printf("  %s, %s: the primary's journal reached --journal-max (then dirty-region tracking and a\n"+
 					"  resync, within the drain) in the runs marked *; the line keeps a run without it if there is one:", l.job.name, v.name)
 				for _, r := range runs {
@@ -668,7 +672,7 @@ func better(a, b replRun) bool {
 
 // journalFullLog is what the daemon logs when a disk's journal reaches its
 // limit (--journal-max) and it falls back to tracking dirty regions.
-const journalFullLog = "journal full: tracking dirty regions"
+const journalFullLog = disk.LogJournalFull
 
 // logMentions reports whether a line of the log at path holds every one
 // of words; a word may end in a space, which the line's end matches too.
