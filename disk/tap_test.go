@@ -58,6 +58,19 @@ func newTapEnv(t *testing.T, size int64, jopts journal.Options) *tapEnv {
 	return e
 }
 
+// otherTap opens another disk of size bytes beside e's, named name, with
+// its own log in e's journal store, and a tap over the two.
+func (e *tapEnv) otherTap(t *testing.T, name string, size int64, opts disk.TapOptions) (*disk.Tap, *journal.Log) {
+	t.Helper()
+	l := journaltest.Log(t, e.store, name)
+	f, err := disk.OpenFile(filepath.Join(e.dir, name+".img"), disk.FileOptions{Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return newTap(t, f, l, opts), l
+}
+
 func newTap(t *testing.T, s disk.Store, l *journal.Log, opts disk.TapOptions) *disk.Tap {
 	t.Helper()
 	tap, err := disk.NewTap(context.Background(), s, l, opts, journaltest.Logger())
@@ -447,13 +460,7 @@ func TestTapAckerAndCut(t *testing.T) {
 	}
 	tap.SetAcker(nil)
 
-	l2 := journaltest.Log(t, e.store, "d2")
-	f2, err := disk.OpenFile(filepath.Join(e.dir, "d2.img"), disk.FileOptions{Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f2.Close()
-	tap2 := newTap(t, f2, l2, disk.TapOptions{CheckpointEvery: -1})
+	tap2, l2 := e.otherTap(t, "d2", 1<<20, disk.TapOptions{CheckpointEvery: -1})
 	seqs, err := disk.Cut(ctx, []*disk.Tap{tap, tap2}, []byte("group-cp"))
 	if err != nil {
 		t.Fatal(err)
@@ -651,13 +658,7 @@ func TestTapMarkDirty(t *testing.T) {
 func TestCutGroupConsistent(t *testing.T) {
 	e := newTapEnv(t, 1<<20, journaltest.Options())
 	a := newTap(t, e.file, e.log, disk.TapOptions{CheckpointEvery: -1})
-	lb := journaltest.Log(t, e.store, "b")
-	fb, err := disk.OpenFile(filepath.Join(e.dir, "b.img"), disk.FileOptions{Size: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fb.Close()
-	b := newTap(t, fb, lb, disk.TapOptions{CheckpointEvery: -1})
+	b, lb := e.otherTap(t, "b", 1<<20, disk.TapOptions{CheckpointEvery: -1})
 
 	stop := make(chan struct{})
 	done := make(chan error, 1)
