@@ -68,6 +68,8 @@ type Acker interface {
 type TapOptions struct {
 	// CheckpointEvery is the applier's period; negative disables
 	// periodic checkpoints (Close and a full journal still checkpoint).
+	// The applier skips a checkpoint that would free no journal space
+	// because another hold (replication) is further behind.
 	CheckpointEvery time.Duration
 	// CheckpointBytes of records journaled since the last checkpoint
 	// trigger one early; negative disables that trigger.
@@ -728,13 +730,44 @@ func (t *Tap) applier(ctx context.Context) {
 		case <-tick:
 		case <-t.kick:
 		}
-		if err := t.checkpoint(ctx, true); err != nil && ctx.Err() == nil {
+		if t.checkpointReleasesNothing() {
+			t.skipCheckpoint()
+		} else if err := t.checkpoint(ctx, true); err != nil && ctx.Err() == nil {
 			t.logger.Warn("checkpoint", logKeyErr, err)
 		}
 		if err := t.settle(t.syncedSeq.Load(), false); err != nil && ctx.Err() == nil {
 			t.logger.Warn("activity log", logKeyErr, err)
 		}
 	}
+}
+
+// checkpointReleasesNothing reports whether another hold (replication
+// behind the store) keeps every record that a checkpoint would let the
+// apply hold pass: then the checkpoint's fdatasync of the store would
+// free no journal space, only spend the disk's bandwidth (and stall the
+// store writes on pages under writeback) while the journal keeps the
+// records anyway. The applier skips such checkpoints; the first one after
+// the other hold passes the apply hold's point runs, and Close,
+// Checkpoint and a full journal always checkpoint. So while replication
+// lags the journal's unreleased tail is bounded by replication, not by
+// the store, and a restart replays at most that tail (NewTap).
+func (t *Tap) checkpointReleasesNothing() bool {
+	t.mu.Lock()
+	repairing := t.repairFrom != 0
+	t.mu.Unlock()
+	return !repairing && !t.applyIsLowestHold()
+}
+
+// skipCheckpoint ends a checkpoint the applier skipped: the writes that
+// pace waits on go on.
+func (t *Tap) skipCheckpoint() {
+	t.cpMu.Lock()
+	defer t.cpMu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sinceCP = 0
+	close(t.cpDone)
+	t.cpDone = make(chan struct{})
 }
 
 func (t *Tap) kickApplier() {

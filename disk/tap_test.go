@@ -296,6 +296,100 @@ func TestTapFullJournalCheckpointsWhenOnlyApplyHolds(t *testing.T) {
 	}
 }
 
+// flushCounter wraps a File and counts its Flushes.
+type flushCounter struct {
+	*disk.File
+	flushes atomic.Int64
+}
+
+func (f *flushCounter) Flush(ctx context.Context) error {
+	f.flushes.Add(1)
+	return f.File.Flush(ctx)
+}
+
+// TestTapSkipsCheckpointsBehindReplication: while replication holds the
+// journal further back than the store's checkpoint, a periodic checkpoint
+// would free nothing, so the applier skips its fdatasync; once
+// replication passes the apply hold the next one runs, and an explicit
+// Checkpoint and Close always do.
+func TestTapSkipsCheckpointsBehindReplication(t *testing.T) {
+	ctx := context.Background()
+	e := newTapEnv(t, 1<<20, journaltest.Options())
+	if err := e.log.SetHold("replication", 0); err != nil {
+		t.Fatal(err)
+	}
+	store := &flushCounter{File: e.file}
+	topts := disk.TapOptions{CheckpointEvery: 2 * time.Millisecond, CheckpointBytes: 4096}
+	tap, err := disk.NewTap(ctx, store, e.log, topts, journaltest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	write := func(i int) {
+		t.Helper()
+		p := bytes.Repeat([]byte{byte(i + 1)}, 16<<10)
+		off := int64(i%64) * (16 << 10)
+		if _, err := tap.WriteAt(p, off); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		copy(want[off:], p)
+	}
+	for i := range 20 {
+		write(i)
+	}
+	time.Sleep(50 * time.Millisecond) // many applier periods
+	if n := store.flushes.Load(); n != 0 {
+		t.Errorf("store flushed %d times with replication holding every record, want 0", n)
+	}
+	if got := e.log.Holds()[disk.HoldApply]; got != 0 {
+		t.Errorf("apply hold = %d with no checkpoint, want 0", got)
+	}
+
+	if err := e.log.SetHold("replication", 10); err != nil { // shipped half
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.log.Holds()[disk.HoldApply] != 20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("apply hold = %d after replication passed it, want 20 (a checkpoint)", e.log.Holds()[disk.HoldApply])
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	for i := 20; i < 30; i++ {
+		write(i)
+	}
+	if err := tap.Checkpoint(ctx); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	if got := e.log.Holds()[disk.HoldApply]; got != 30 {
+		t.Errorf("apply hold after an explicit Checkpoint = %d, want 30", got)
+	}
+
+	flushes := store.flushes.Load()
+	for i := 30; i < 50; i++ {
+		write(i)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := store.flushes.Load() - flushes; n != 0 {
+		t.Errorf("store flushed %d times behind replication again, want 0", n)
+	}
+	// The journal keeps what the store may lack (a restart replays it
+	// from the apply hold), and Close checkpoints it all.
+	if got := e.log.Holds()[disk.HoldApply]; got != 30 {
+		t.Errorf("apply hold = %d with checkpoints skipped, want 30", got)
+	}
+	if err := tap.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if got := e.log.Holds()[disk.HoldApply]; got != 50 {
+		t.Errorf("apply hold after Close = %d, want 50", got)
+	}
+	if got := readAll(t, e.file); !bytes.Equal(got, want) {
+		t.Errorf("store after Close differs from the writes")
+	}
+}
+
 func TestTapOverflowTracksDirtyRegions(t *testing.T) {
 	ctx := context.Background()
 	const rs = 64 << 10

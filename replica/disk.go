@@ -90,7 +90,9 @@ type Disk struct {
 	chunks    int                  // staged chunks written for the sync
 	sinceCP   int64
 	lastCP    time.Time
-	marker    Marker // the newest marker applied since the Disk was opened
+	bgCP      chan struct{} // closed when the background checkpoint ends; nil when none runs
+	persists  uint64        // states persisted since Open: a background checkpoint persists only over the state it began from
+	marker    Marker        // the newest marker applied since the Disk was opened
 }
 
 // Marker is a tagged recovery point that the replica holds: a marker
@@ -428,13 +430,61 @@ func (d *Disk) Apply(ctx context.Context, recs []journal.Record) error {
 		return err
 	}
 	d.sinceCP += n
-	if d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery {
-		if err := d.checkpoint(ctx); err != nil {
-			// The records are durable in the journal: report, don't fail.
-			d.logger.Warn("replica: checkpoint", logKeyErr, err)
-		}
+	if (d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery) && d.bgCP == nil {
+		d.startCheckpoint(context.WithoutCancel(ctx))
 	}
 	return nil
+}
+
+// startCheckpoint checkpoints the store through the records applied so
+// far in the background, so that the next records are appended and
+// applied while the store's fdatasync runs: the journal's O_DIRECT
+// appends and the store's writeback overlap instead of taking turns. The
+// fdatasync covers every store write that returned before it began, so
+// the applied point taken now is durable once it returns. d.mu held.
+func (d *Disk) startCheckpoint(ctx context.Context) {
+	d.sinceCP = 0
+	d.lastCP = time.Now()
+	if d.st.Sync != nil || !d.st.Initialized || d.applied == d.st.Applied {
+		return
+	}
+	done := make(chan struct{})
+	d.bgCP = done
+	store, seq, gen := d.store, d.applied, d.persists
+	go func() {
+		err := store.Flush(ctx)
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		defer close(done)
+		d.bgCP = nil
+		switch {
+		case err != nil:
+			// The records are durable in the journal: report, don't fail.
+			d.logger.Warn("replica: checkpoint", logKeySeq, seq, logKeyErr, err)
+		case d.closed || d.broken != nil || d.store != store || d.persists != gen:
+			// The Disk moved on (closed, or a sync or a checkpoint of its
+			// own persisted a state): the flushed point is not the one to
+			// persist over it.
+		default:
+			st := d.st
+			st.Applied = seq
+			if err := d.persist(ctx, st); err != nil {
+				d.logger.Warn("replica: checkpoint", logKeySeq, seq, logKeyErr, err)
+			}
+		}
+	}()
+}
+
+// waitCheckpoint waits for the background checkpoint to end, so that the
+// store can be closed or replaced. d.mu held; it is released while
+// waiting.
+func (d *Disk) waitCheckpoint() {
+	for d.bgCP != nil {
+		done := d.bgCP
+		d.mu.Unlock()
+		<-done
+		d.mu.Lock()
+	}
 }
 
 // catchUp re-reads the head after a failed append, waiting for records
@@ -518,6 +568,7 @@ func (d *Disk) checkpoint(ctx context.Context) error {
 // persist writes st as the persisted state, durably, and adopts it.
 // d.mu held.
 func (d *Disk) persist(ctx context.Context, st diskState) error {
+	d.persists++ // counts attempts too: a failed one may have written st
 	if err := d.log.SetMeta(metaState, st.encode()); err != nil {
 		return fmt.Errorf("persist replica state: %w", err)
 	}
@@ -669,6 +720,7 @@ func (d *Disk) StorePath() string { return filepath.Join(d.dir, storeFile) }
 func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitCheckpoint()
 	if err := d.usable(); err != nil {
 		return nil, err
 	}
@@ -701,6 +753,7 @@ func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 func (d *Disk) Recover(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitCheckpoint()
 	if d.closed {
 		return ErrClosed
 	}
@@ -735,6 +788,7 @@ func (d *Disk) Recover(ctx context.Context) error {
 func (d *Disk) Close(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitCheckpoint()
 	if d.closed {
 		return nil
 	}

@@ -582,6 +582,59 @@ func TestDiskDeferredApply(t *testing.T) {
 	checkImage(t, "replica after a crash between append and apply", readAll(t, s.disk, testSize), m.img)
 }
 
+// TestDiskBackgroundCheckpoint: a checkpoint due in Apply runs beside the
+// next records rather than before them, and makes the records it covers
+// releasable without a Close; a crash at any moment loses none of the
+// records, whether or not a checkpoint was in flight.
+func TestDiskBackgroundCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	s := openReplica(t, t.TempDir(), testSize)
+	s.opts.CheckpointBytes = 1 // every Apply finds a checkpoint due
+	s.reopen(false)
+	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
+	m := newModel()
+	fullSync(t, s, m, c)
+	synced := c.pos.Seq
+
+	for round := range 3 {
+		for i := range 200 {
+			r := c.write(int64(i%64)*4096, fill(4096, byte(round*200+i)))
+			if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+				t.Fatalf("AppendReceived seq=%d: %v", r.Seq, err)
+			}
+			apply(m.img, r)
+		}
+		// No Close: only the background checkpoints persist what the
+		// store holds, and Expire releases no more than that.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			base, err := s.disk.Expire(ctx, time.Now())
+			if err != nil {
+				t.Fatalf("Expire: %v", err)
+			}
+			if base > synced && base <= c.pos.Seq {
+				synced = base
+				break
+			}
+			if base > c.pos.Seq || time.Now().After(deadline) {
+				t.Fatalf("round %d: Expire = %d, want a background checkpoint past %d and at most %d", round, base, synced, c.pos.Seq)
+			}
+			// The checkpoint due after the last record starts with the next Apply.
+			r := c.write(0, fill(512, byte(round)))
+			if err := s.disk.AppendReceived(ctx, []journal.Record{r}); err != nil {
+				t.Fatalf("AppendReceived seq=%d: %v", r.Seq, err)
+			}
+			apply(m.img, r)
+			time.Sleep(time.Millisecond)
+		}
+		s.reopen(round%2 == 0) // a crash, maybe with a checkpoint in flight
+		checkImage(t, fmt.Sprintf("replica after reopen %d", round), readAll(t, s.disk, testSize), m.img)
+		if through, err := s.disk.CheckChain(ctx); err != nil || through != c.pos.Seq {
+			t.Fatalf("CheckChain after reopen %d = %d, %v; want %d", round, through, err, c.pos.Seq)
+		}
+	}
+}
+
 // TestDiskExpire: the retention policy's release by time lets go of the
 // records written before the cutoff, but only those the store holds
 // durably (it never syncs the store itself), and nothing during a sync.

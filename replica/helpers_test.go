@@ -46,6 +46,8 @@ type replicaSite struct {
 	disk  *replica.Disk
 	// free, when set, is the space the journal sees on its file system.
 	free *atomic.Int64
+	// opts are the Disk's options at the next open (its Logger is set).
+	opts replica.Options
 }
 
 func openReplica(t testing.TB, dir string, size int64) *replicaSite {
@@ -72,7 +74,9 @@ func (s *replicaSite) open() {
 	if err != nil {
 		s.t.Fatalf("open replica log: %v", err)
 	}
-	s.disk, err = replica.Open(context.Background(), filepath.Join(s.dir, "replica"), s.log, s.size, replica.Options{Logger: journaltest.Logger()})
+	ropts := s.opts
+	ropts.Logger = journaltest.Logger()
+	s.disk, err = replica.Open(context.Background(), filepath.Join(s.dir, "replica"), s.log, s.size, ropts)
 	if err != nil {
 		s.t.Fatalf("replica.Open: %v", err)
 	}

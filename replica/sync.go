@@ -366,6 +366,7 @@ func (d *Disk) EndCopy(ctx context.Context, end replication.Position) error {
 func (d *Disk) CommitSync(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitCheckpoint() // a full sync replaces the store
 	if err := d.usable(); err != nil {
 		return err
 	}
