@@ -14,8 +14,10 @@
 //
 // While a disk is protected its journal carries the hold HoldReplication
 // at the secondary's acknowledged consistent point, so records the
-// secondary may still need are never released; while it is not, the hold
-// does not exist and the journal is bounded by the tap's checkpoints only.
+// secondary may still need are never released (and the tap skips the
+// store checkpoints that would free nothing behind it); while it is not,
+// the hold does not exist and the journal is bounded by the tap's
+// checkpoints only.
 // When the journal fills up the tap tracks dirty regions instead; Source
 // then reports NeedsResync and refuses to stream records past the gap, and
 // StartSync appends a marker record, leaves overflow mode and plans the
@@ -50,7 +52,8 @@
 // sync in progress and its commit intent) and "replica.staged.<id>.<n>"
 // (the staged regions of sync id, one chunk per SyncProgress). Records are
 // applied to the store in order as they arrive outside a sync; the store
-// is fdatasynced and the applied point persisted at checkpoints, and Open
+// is fdatasynced and the applied point persisted at checkpoints, which
+// run in the background while the next records are applied, and Open
 // replays the records after it, so the journal is the store's write-ahead
 // log. A sync stages its regions in staging.img and keeps its records in
 // the journal unapplied; CommitSync persists an intent, copies the staged
