@@ -49,6 +49,10 @@ const (
 // ErrTapClosed is returned by writes to a closed Tap.
 var ErrTapClosed = errors.New("disk: tap closed")
 
+// errRepairPending: the store refused a journaled write, and the repair
+// (at the next checkpoint from the applier) has not run yet.
+var errRepairPending = errors.New("disk: the store refused a journaled write; repair pending")
+
 // Store is the block store under a Tap. *File satisfies it; Extents and
 // CanMultiConn are used when the store has them.
 type Store interface {
@@ -133,6 +137,7 @@ type Tap struct {
 	appending  map[uint64]int      // Appends in progress, by the lowest seq they can get
 	repairFrom uint64              // first seq the store failed to apply; 0 when none
 	overflow   bool
+	barrier    bool  // the overflow's first checkpoint is done (overflowBarrier)
 	storeDirty bool  // unjournaled writes since the last store Flush
 	sinceCP    int64 // record bytes journaled since the last checkpoint
 	applied    uint64
@@ -143,6 +148,7 @@ type Tap struct {
 	acker   atomic.Pointer[ackerBox]
 	persist sync.Mutex    // serialises persisting the dirty map
 	cpMu    sync.Mutex    // serialises checkpoints
+	barMu   sync.Mutex    // serialises overflowBarrier
 	cpDone  chan struct{} // closed and replaced when a checkpoint ends; under mu
 	kick    chan struct{}
 	closed  atomic.Bool
@@ -558,6 +564,9 @@ func (t *Tap) enterOverflow() error {
 	t.mu.Lock()
 	was := t.overflow
 	t.overflow = true
+	if !was {
+		t.barrier = false
+	}
 	t.mu.Unlock()
 	if was {
 		return nil
@@ -572,6 +581,9 @@ func (t *Tap) enterOverflow() error {
 // writeUnjournaled is the overflow write path: mark (and, for a region
 // newly dirty, persist and sync the mark) before writing the store.
 func (t *Tap) writeUnjournaled(ctx context.Context, kind journal.Kind, off, length int64, p []byte, mayTrim, fua bool) error {
+	if err := t.overflowBarrier(ctx); err != nil {
+		return fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), off, length, err)
+	}
 	if t.dirty.Mark(off, length) {
 		if err := t.persistDirty(ctx, true); err != nil {
 			return fmt.Errorf("tap %s off=%d len=%d: %w", kindName(kind), off, length, err)
@@ -595,6 +607,55 @@ func (t *Tap) writeUnjournaled(ctx context.Context, kind journal.Kind, off, leng
 		}
 	}
 	return nil
+}
+
+// overflowBarrier runs before the first unjournaled store write of an
+// overflow. NewTap replays every record past the apply hold, and a record
+// journaled before the overflow but not yet checkpointed (replication
+// holds the journal, so the applier skipped its checkpoints) would be
+// replayed after a crash over a newer unjournaled write to the same
+// blocks. So the barrier waits for the store writes of every committed
+// record to return and checkpoints through them, once per overflow.
+func (t *Tap) overflowBarrier(ctx context.Context) error {
+	t.mu.Lock()
+	done := t.barrier
+	t.mu.Unlock()
+	if done {
+		return nil
+	}
+	t.barMu.Lock()
+	defer t.barMu.Unlock()
+	target := t.log.Committed()
+	for {
+		t.mu.Lock()
+		done, applied, repairing := t.barrier, t.applied, t.repairFrom != 0
+		if !done && applied >= target {
+			t.barrier, done = true, true
+		}
+		t.mu.Unlock()
+		switch {
+		case done:
+			return nil
+		case repairing:
+			// The repair needs the gate, which this write holds shared.
+			return fmt.Errorf("checkpoint before the first unjournaled write: %w", errRepairPending)
+		}
+		if err := t.checkpoint(ctx, false); err != nil {
+			return fmt.Errorf("checkpoint before the first unjournaled write: %w", err)
+		}
+		t.mu.Lock()
+		applied = t.applied
+		t.mu.Unlock()
+		if applied >= target {
+			continue
+		}
+		// A journaled write's store write has not returned yet.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 func (t *Tap) storeOp(kind journal.Kind, off, length int64, p []byte, mayTrim bool) error {
