@@ -33,9 +33,9 @@ func (l *Log) Append(ctx context.Context, rec Record) (*Pending, error) {
 		l.mu.Unlock()
 		return nil, fmt.Errorf("append journal %s: %w", l.name, err)
 	}
-	if l.bytes+size > l.s.opts.MaxBytes {
+	if used := l.bytes; used+size > l.s.opts.MaxBytes {
 		l.mu.Unlock()
-		return nil, fmt.Errorf("append journal %s seq=%d: %w (%d of %d bytes)", l.name, rec.Seq, ErrFull, l.bytes, l.s.opts.MaxBytes)
+		return nil, fmt.Errorf("append journal %s seq=%d: %w (%d of %d bytes)", l.name, rec.Seq, ErrFull, used, l.s.opts.MaxBytes)
 	}
 	if err := l.s.admit(size, false); err != nil {
 		l.mu.Unlock()
@@ -387,9 +387,9 @@ func (l *Log) Rebase(ctx context.Context, seq, sum uint64) error {
 		l.mu.Unlock()
 		return fmt.Errorf("rebase journal %s: %w", l.name, ErrClosed)
 	}
-	if l.head != l.base {
+	if n := l.head - l.base; n != 0 {
 		l.mu.Unlock()
-		return fmt.Errorf("rebase journal %s: %d unreleased records", l.name, l.head-l.base)
+		return fmt.Errorf("rebase journal %s: %d unreleased records", l.name, n)
 	}
 	l.mu.Unlock()
 	v := append(u64(seq), u64(sum)...)

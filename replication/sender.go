@@ -498,9 +498,9 @@ func (s *Sender) readLoop(ctx context.Context, conn net.Conn, fr *frameReader) e
 // WaitAcked.
 func (s *Sender) onAck(ctx context.Context, a ackMsg) error {
 	s.mu.Lock()
-	if a.Head > s.st.sent {
+	if sent := s.st.sent; a.Head > sent {
 		s.mu.Unlock()
-		return fmt.Errorf("%w: ack of seq=%d never sent (sent through %d)", ErrBadFrame, a.Head, s.st.sent)
+		return fmt.Errorf("%w: ack of seq=%d never sent (sent through %d)", ErrBadFrame, a.Head, sent)
 	}
 	// The last failure stays reported until replication moves forward
 	// again: a secondary that refuses every connection (a full file
