@@ -809,7 +809,8 @@ func (t *Tap) applier(ctx context.Context) {
 // store writes on pages under writeback) while the journal keeps the
 // records anyway. The applier skips such checkpoints; the first one after
 // the other hold passes the apply hold's point runs, and Close,
-// Checkpoint and a full journal always checkpoint. So while replication
+// Checkpoint, a full journal and the first unjournaled write of an
+// overflow (overflowBarrier) always checkpoint. So while replication
 // lags the journal's unreleased tail is bounded by replication, not by
 // the store, and a restart replays at most that tail (NewTap).
 func (t *Tap) checkpointReleasesNothing() bool {
