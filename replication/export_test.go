@@ -3,6 +3,7 @@ package replication
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/tandem-dr/tandem/journal"
@@ -34,7 +35,18 @@ func ParseFrames(b []byte) (int, error) {
 		case frameError:
 			_, err = decodeError(f.payload)
 		case frameRecords:
-			recs, err = decodeRecords(f.payload, recs[:0])
+			// As the receiver: structure, then every record's sum and
+			// the chain within the frame (its start is the receiver's).
+			if recs, err = decodeRecords(f.payload, recs[:0]); err == nil {
+				prev := recs[0].PrevSum
+				for i := range recs {
+					if err = recs[i].Verify(prev); err != nil {
+						err = fmt.Errorf("%w: %w", ErrBadFrame, err)
+						break
+					}
+					prev = recs[i].Sum
+				}
+			}
 		case frameAck:
 			_, err = decodeAck(f.payload)
 		case frameSyncBegin:
@@ -111,6 +123,25 @@ func EncodeFrame(typ uint8, payload []byte, compress bool) []byte {
 	}
 	return append([]byte(nil), b...)
 }
+
+// EncodeFrameV4 is EncodeFrame by a sender whose peer speaks version 4:
+// records frames carry a CRC of their header alone.
+func EncodeFrameV4(typ uint8, payload []byte, compress bool) []byte {
+	fw, err := newFrameWriter(io.Discard, compress)
+	if err != nil {
+		panic(err)
+	}
+	defer fw.close()
+	fw.headerCRC = true
+	b, err := fw.encode(frameType(typ), payload)
+	if err != nil {
+		panic(err)
+	}
+	return append([]byte(nil), b...)
+}
+
+// FlagHeaderCRC is the flag of a frame whose CRC covers its header alone.
+const FlagHeaderCRC = flagHeaderCRC
 
 // EncodeFrameInPlace is EncodeFrame by way of encodeInPlace: the payload
 // is copied after header room first, as the sender builds it.

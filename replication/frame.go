@@ -17,10 +17,12 @@ import (
 //	off size field
 //	  0    2 magic "TR"
 //	  2    1 frame type
-//	  3    1 flags (bit 0: payload is zstd-compressed)
+//	  3    1 flags (bit 0: payload is zstd-compressed; bit 1: the CRC
+//	         covers the header only, records frames of version 4)
 //	  4    4 payload length on the wire
 //	  8    4 payload length after decompression (= wire length when not compressed)
 //	 12    4 CRC-32C of header bytes 0..11 followed by the wire payload
+//	         (by bytes 0..11 alone with flag bit 1)
 const (
 	frameHeaderSize = 16
 	frameMagic      = 0x5452 // "TR"
@@ -31,6 +33,13 @@ const (
 	MaxFramePayload = 16 << 20
 
 	flagZstd = 1 << 0
+	// flagHeaderCRC (version 4, records frames only): the CRC covers the
+	// header alone. A records frame's payload needs no CRC of its own:
+	// every byte of it is covered by the records' chained xxhash sums,
+	// which the receiver verifies before anything joins a group, and
+	// in flight TLS's AEAD already refuses a changed byte. The CRC cost
+	// the pipeline as much CPU as the encryption did, on both sides.
+	flagHeaderCRC = 1 << 1
 )
 
 // frameType names what a frame carries.
@@ -189,8 +198,11 @@ func (fr *frameReader) next() (frame, error) {
 	if n > MaxFramePayload || rawN > MaxFramePayload {
 		return frame{}, fmt.Errorf("%w: %s payload %d/%d bytes over %d", ErrBadFrame, typ, n, rawN, MaxFramePayload)
 	}
-	if flags&^flagZstd != 0 {
+	if flags&^(flagZstd|flagHeaderCRC) != 0 {
 		return frame{}, fmt.Errorf("%w: %s unknown flags %#02x", ErrBadFrame, typ, flags)
+	}
+	if flags&flagHeaderCRC != 0 && typ != frameRecords {
+		return frame{}, fmt.Errorf("%w: %s with a header-only checksum", ErrBadFrame, typ)
 	}
 	if flags&flagZstd == 0 && rawN != n {
 		return frame{}, fmt.Errorf("%w: %s uncompressed with lengths %d and %d", ErrBadFrame, typ, n, rawN)
@@ -198,7 +210,10 @@ func (fr *frameReader) next() (frame, error) {
 	if err := fr.readPayload(int(n)); err != nil {
 		return frame{}, fmt.Errorf("read %s payload: %w", typ, err)
 	}
-	crc := crc32.Update(crc32.Checksum(h[:12], castagnoli), castagnoli, fr.buf)
+	crc := crc32.Checksum(h[:12], castagnoli)
+	if flags&flagHeaderCRC == 0 {
+		crc = crc32.Update(crc, castagnoli, fr.buf)
+	}
 	if want := binary.BigEndian.Uint32(h[12:]); crc != want {
 		return frame{}, fmt.Errorf("%w: %s checksum %08x, want %08x", ErrBadFrame, typ, crc, want)
 	}
@@ -268,6 +283,9 @@ type frameWriter struct {
 	// saved. After a frame that did not shrink by a quarter, the next skip
 	// frames go raw, skip doubling (up to maxSkip) while data stays so.
 	skip, backoff int
+	// headerCRC: records frames carry flagHeaderCRC (the peer speaks
+	// version 4 or later).
+	headerCRC bool
 }
 
 const maxSkip = 64
@@ -306,7 +324,7 @@ func (fw *frameWriter) encode(typ frameType, payload []byte) ([]byte, error) {
 	}
 	out := append(fw.outBuf(len(payload))[:frameHeaderSize], payload...)
 	fw.out = out
-	putFrameHeader(out, typ, 0, len(payload))
+	putFrameHeader(out, typ, fw.flags(typ), len(payload))
 	return out, nil
 }
 
@@ -322,7 +340,7 @@ func (fw *frameWriter) encodeInPlace(typ frameType, buf []byte) ([]byte, error) 
 	if out, ok := fw.compress(typ, payload); ok {
 		return out, nil
 	}
-	putFrameHeader(buf, typ, 0, len(payload))
+	putFrameHeader(buf, typ, fw.flags(typ), len(payload))
 	return buf, nil
 }
 
@@ -348,8 +366,16 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 	if n >= len(payload) {
 		return nil, false
 	}
-	putFrameHeader(out, typ, flagZstd, len(payload))
+	putFrameHeader(out, typ, flagZstd|fw.flags(typ), len(payload))
 	return out, true
+}
+
+// flags returns the flags of an uncompressed frame of type typ.
+func (fw *frameWriter) flags(typ frameType) byte {
+	if fw.headerCRC && typ == frameRecords {
+		return flagHeaderCRC
+	}
+	return 0
 }
 
 // outBuf returns fw.out emptied, with room for a frame of an n-byte
@@ -370,7 +396,10 @@ func putFrameHeader(f []byte, typ frameType, flags byte, rawLen int) {
 	h[3] = flags
 	binary.BigEndian.PutUint32(h[4:], uint32(len(body)))
 	binary.BigEndian.PutUint32(h[8:], uint32(rawLen))
-	crc := crc32.Update(crc32.Checksum(h[:12], castagnoli), castagnoli, body)
+	crc := crc32.Checksum(h[:12], castagnoli)
+	if flags&flagHeaderCRC == 0 {
+		crc = crc32.Update(crc, castagnoli, body)
+	}
 	binary.BigEndian.PutUint32(h[12:], crc)
 }
 

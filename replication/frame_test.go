@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -69,6 +70,50 @@ func TestFrameInPlace(t *testing.T) {
 	}
 }
 
+// TestHeaderCRCFrames: version 4's records frames, whose CRC covers the
+// header alone, round trip compressed or not; a changed payload byte is
+// still refused (by the records' own sums), a changed header byte by the
+// CRC; no other frame type may carry the flag.
+func TestHeaderCRCFrames(t *testing.T) {
+	payload := replication.EncodeRecords(sealed(3, 4096))
+	for _, compress := range []bool{false, true} {
+		f := replication.EncodeFrameV4(replication.FrameRecords, payload, compress)
+		if f[3]&replication.FlagHeaderCRC == 0 {
+			t.Fatalf("compress=%v: flags %#02x; want the header-only CRC flag", compress, f[3])
+		}
+		if n, err := replication.ParseFrames(f); err != nil || n != 1 {
+			t.Errorf("compress=%v: ParseFrames = %d, %v; want 1, nil", compress, n, err)
+		}
+	}
+	if f := replication.EncodeFrame(replication.FrameRecords, payload, false); f[3] != 0 {
+		t.Errorf("a version-3 records frame has flags %#02x; want 0", f[3])
+	}
+	if f := replication.EncodeFrameV4(replication.FrameAck, make([]byte, 25), false); f[3] != 0 {
+		t.Errorf("a version-4 ack frame has flags %#02x; want 0 (the CRC covers it whole)", f[3])
+	}
+
+	good := replication.EncodeFrameV4(replication.FrameRecords, payload, false)
+	for _, at := range []int{replication.FrameHeader + 5, replication.FrameHeader + 60, len(good) / 2, len(good) - 1} {
+		bad := append([]byte(nil), good...)
+		bad[at] ^= 0x04
+		if _, err := replication.ParseFrames(bad); !errors.Is(err, replication.ErrBadFrame) {
+			t.Errorf("payload byte %d flipped: ParseFrames error %v; want ErrBadFrame", at, err)
+		}
+	}
+	badHeader := append([]byte(nil), good...)
+	badHeader[9] ^= 0x01 // the raw length
+	if _, err := replication.ParseFrames(badHeader); !errors.Is(err, replication.ErrBadFrame) {
+		t.Errorf("header byte flipped: ParseFrames error %v; want ErrBadFrame", err)
+	}
+	// A hello frame claiming a header-only CRC, with that CRC right.
+	hello := replication.EncodeFrame(replication.FrameHello, replication.EncodeHello("vm1", 1<<20, 1, 4), false)
+	hello[3] |= replication.FlagHeaderCRC
+	binary.BigEndian.PutUint32(hello[12:], crc32.Checksum(hello[:12], crc32.MakeTable(crc32.Castagnoli)))
+	if _, err := replication.ParseFrames(hello); !errors.Is(err, replication.ErrBadFrame) {
+		t.Errorf("hello with a header-only CRC: ParseFrames error %v; want ErrBadFrame", err)
+	}
+}
+
 func TestFrameRefusals(t *testing.T) {
 	good := replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(sealed(2, 512)), false)
 	huge := append([]byte(nil), good[:replication.FrameHeader]...)
@@ -106,6 +151,8 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(replication.EncodeFrame(replication.FrameHello, replication.EncodeHello("disk", 1<<30, 1, 1), false))
 	f.Add(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs), false))
 	f.Add(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs), true))
+	f.Add(replication.EncodeFrameV4(replication.FrameRecords, replication.EncodeRecords(recs), false))
+	f.Add(replication.EncodeFrameV4(replication.FrameRecords, replication.EncodeRecords(recs), true))
 	f.Add(replication.EncodeFrame(replication.FrameAck, make([]byte, 25), false))
 	f.Add(replication.EncodeFrame(replication.FrameVerifyRq, replication.EncodeVerifyRequest([]replication.Region{{Off: 0, Len: 4096}}), false))
 	f.Add([]byte("TR\x04\x00\xff\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00"))
@@ -129,7 +176,13 @@ func FuzzDecodePayload(f *testing.F) {
 		if len(payload) > replication.MaxFramePayload {
 			return
 		}
-		_, _ = replication.ParseFrames(replication.EncodeFrame(typ, payload, compress))
+		_, err3 := replication.ParseFrames(replication.EncodeFrame(typ, payload, compress))
+		// A version-4 sender's frame (header-only CRC on records) is
+		// accepted exactly when the version-3 frame is.
+		_, err4 := replication.ParseFrames(replication.EncodeFrameV4(typ, payload, compress))
+		if (err3 == nil) != (err4 == nil) {
+			t.Errorf("type %d: version 3 frame: %v; version 4 frame: %v", typ, err3, err4)
+		}
 	})
 }
 

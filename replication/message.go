@@ -11,7 +11,7 @@ import (
 // the secondary picks the highest both speak or refuses with an error
 // frame (errCodeVersion).
 const (
-	ProtocolVersion    = 3
+	ProtocolVersion    = 4
 	MinProtocolVersion = 1
 )
 

@@ -1,6 +1,7 @@
 package replication_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -114,19 +115,21 @@ func waitLog(t *testing.T, l *logBuffer, text string) {
 	}
 }
 
-// garbler flips one bit in the first write of more than 40 bytes (a
-// records frame) from the at-th write on a connection.
+// garbler flips one bit of the first write, from the at-th on a
+// connection, that carries mark (a record's data, sent raw).
 type garbler struct {
 	net.Conn
 	writes atomic.Int64
 	done   atomic.Bool
 	at     int64
+	mark   []byte
 }
 
 func (g *garbler) Write(p []byte) (int, error) {
-	if g.writes.Add(1) >= g.at && len(p) > 40 && g.done.CompareAndSwap(false, true) {
+	i := bytes.Index(p, g.mark)
+	if g.writes.Add(1) >= g.at && i >= 0 && g.done.CompareAndSwap(false, true) {
 		q := append([]byte(nil), p...)
-		q[len(q)-20] ^= 0x10
+		q[i+3] ^= 0x10
 		return g.Conn.Write(q)
 	}
 	return g.Conn.Write(p)
@@ -150,7 +153,7 @@ func TestGarbledFrameRefused(t *testing.T) {
 	}
 	d.wrap = func(c net.Conn) net.Conn {
 		var out net.Conn = c
-		once.Do(func() { out = &garbler{Conn: c, at: 7} })
+		once.Do(func() { out = &garbler{Conn: c, at: 7, mark: []byte("garbled in flight")} })
 		return out
 	}
 	s, slog := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Compress = replication.CompressNone })

@@ -320,6 +320,8 @@ func (s *Sender) handshake(ctx context.Context, conn net.Conn, fw *frameWriter, 
 	if w.Version < MinProtocolVersion || w.Version > ProtocolVersion {
 		return peerState{}, fmt.Errorf("%w: secondary chose protocol version %d", ErrBadFrame, w.Version)
 	}
+	// Version 4 reads records frames whose CRC covers the header alone.
+	fw.headerCRC = w.Version >= 4
 	if w.Version >= 2 {
 		p := policyMsg{Retention: uint64((s.cfg.Retention + time.Second - 1) / time.Second),
 			Now: time.Now().UnixNano(), HasNow: w.Version >= 3}
