@@ -1,5 +1,11 @@
 package disk
 
+import "github.com/tandem-dr/tandem/journal"
+
+// SetBeforeAppend makes every journaled write call f as its Append
+// begins (after the tap counted it as appending). Set before any write.
+func SetBeforeAppend(t *Tap, f func(journal.Record)) { t.beforeAppend = f }
+
 // SettleActivity runs the checkpoint's activity-log step now.
 func SettleActivity(t *Tap) error { return t.settle(t.syncedSeq.Load(), false) }
 

@@ -154,6 +154,9 @@ type Tap struct {
 	closed  atomic.Bool
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	// beforeAppend, when set (by tests), runs as a write's Append begins.
+	beforeAppend func(journal.Record)
 }
 
 type ackerBox struct{ a Acker }
@@ -475,6 +478,9 @@ func (t *Tap) journal(ctx context.Context, rec journal.Record) (uint64, bool, er
 		floor := t.log.Committed() + 1
 		t.appending[floor]++
 		t.mu.Unlock()
+		if t.beforeAppend != nil {
+			t.beforeAppend(rec)
+		}
 		p, err := t.log.Append(ctx, rec)
 		t.mu.Lock()
 		if t.appending[floor]--; t.appending[floor] == 0 {
@@ -614,8 +620,10 @@ func (t *Tap) writeUnjournaled(ctx context.Context, kind journal.Kind, off, leng
 // journaled before the overflow but not yet checkpointed (replication
 // holds the journal, so the applier skipped its checkpoints) would be
 // replayed after a crash over a newer unjournaled write to the same
-// blocks. So the barrier waits for the store writes of every committed
-// record to return and checkpoints through them, once per overflow.
+// blocks. So the barrier waits until no journaled write is in flight —
+// including Appends that began before the overflow and commit after it,
+// which no write can start once it is set — and checkpoints through every
+// committed record, once per overflow.
 func (t *Tap) overflowBarrier(ctx context.Context) error {
 	t.mu.Lock()
 	done := t.barrier
@@ -625,13 +633,10 @@ func (t *Tap) overflowBarrier(ctx context.Context) error {
 	}
 	t.barMu.Lock()
 	defer t.barMu.Unlock()
-	target := t.log.Committed()
 	for {
 		t.mu.Lock()
 		done, applied, repairing := t.barrier, t.applied, t.repairFrom != 0
-		if !done && applied >= target {
-			t.barrier, done = true, true
-		}
+		busy := len(t.appending) > 0 || len(t.inflight) > 0
 		t.mu.Unlock()
 		switch {
 		case done:
@@ -640,16 +645,26 @@ func (t *Tap) overflowBarrier(ctx context.Context) error {
 			// The repair needs the gate, which this write holds shared.
 			return fmt.Errorf("checkpoint before the first unjournaled write: %w", errRepairPending)
 		}
-		if err := t.checkpoint(ctx, false); err != nil {
-			return fmt.Errorf("checkpoint before the first unjournaled write: %w", err)
+		if !busy {
+			// Nothing more can commit until Resume, which waits for
+			// this write (the gate).
+			target := t.log.Committed()
+			if applied < target {
+				if err := t.checkpoint(ctx, false); err != nil {
+					return fmt.Errorf("checkpoint before the first unjournaled write: %w", err)
+				}
+			}
+			t.mu.Lock()
+			if t.applied >= target {
+				t.barrier = true
+			}
+			done = t.barrier
+			t.mu.Unlock()
+			if done {
+				return nil
+			}
 		}
-		t.mu.Lock()
-		applied = t.applied
-		t.mu.Unlock()
-		if applied >= target {
-			continue
-		}
-		// A journaled write's store write has not returned yet.
+		// A journaled write's Append or store write has not returned yet.
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -435,6 +435,78 @@ func TestTapOverflowNotRolledBackByReplay(t *testing.T) {
 	}
 }
 
+// TestTapOverflowBarrierWaitsForLateAppend: a write whose Append began
+// before the journal overflowed, and commits after another write entered
+// overflow (its smaller record still fits), is journaled too; the
+// overflow's barrier must cover it, or a crash replays it over a newer,
+// unjournaled and flushed write to the same block.
+func TestTapOverflowBarrierWaitsForLateAppend(t *testing.T) {
+	ctx := context.Background()
+	opts := journaltest.Options()
+	opts.MaxBytes = 2*(journal.HeaderSize+8192) + journal.HeaderSize + 4096
+	e := newTapEnv(t, 1<<20, opts)
+	if err := e.log.SetHold("replication", 0); err != nil {
+		t.Fatal(err)
+	}
+	topts := disk.TapOptions{CheckpointEvery: -1, CheckpointBytes: -1, RegionSize: 64 << 10}
+	tap, err := disk.NewTap(ctx, e.file, e.log, topts, journaltest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const late = 512 << 10 // the block of the late Append
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	disk.SetBeforeAppend(tap, func(r journal.Record) {
+		if r.Off == late {
+			once.Do(func() { close(entered); <-release })
+		}
+	})
+	for i := range 2 {
+		if _, err := tap.WriteAt(bytes.Repeat([]byte{1}, 8192), int64(i)*8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, newer := bytes.Repeat([]byte{7}, 4096), bytes.Repeat([]byte{8}, 4096)
+	lateDone := make(chan error, 1)
+	go func() { _, err := tap.WriteAt(old, late); lateDone <- err }()
+	<-entered
+	// The journal has room for the late 4 KiB record, not for 8 KiB: this
+	// write overflows while the late Append is still in progress.
+	overflowDone := make(chan error, 1)
+	go func() { _, err := tap.WriteAt(bytes.Repeat([]byte{2}, 8192), 16384); overflowDone <- err }()
+	deadline := time.Now().Add(5 * time.Second)
+	for !tap.Overflowed() {
+		if time.Now().After(deadline) {
+			t.Fatal("the 8 KiB write did not overflow the journal")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for _, ch := range []chan error{lateDone, overflowDone} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := e.log.Head(); h != 3 {
+		t.Fatalf("journal head %d; want 3 (the late write journaled)", h)
+	}
+	if _, err := tap.WriteAt(newer, late); err != nil { // overflow: unjournaled
+		t.Fatal(err)
+	}
+	if err := tap.Flush(ctx); err != nil {
+		t.Fatalf("Flush: %v", err)
+	}
+	// A crash: a new tap replays what it finds past the apply hold.
+	tap2 := newTap(t, e.file, e.log, topts)
+	got := make([]byte, 4096)
+	if _, err := tap2.ReadAt(got, late); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, newer) {
+		t.Errorf("after a crash the block holds %d, the late journaled write, want the flushed unjournaled write %d", got[0], newer[0])
+	}
+}
+
 func TestTapOverflowTracksDirtyRegions(t *testing.T) {
 	ctx := context.Background()
 	const rs = 64 << 10
