@@ -390,6 +390,25 @@ func TestTapSkipsCheckpointsBehindReplication(t *testing.T) {
 	}
 }
 
+// heldTap opens a 1 MiB disk whose journal holds maxBytes, behind a
+// replication hold that never moves, with a tap that runs no checkpoint
+// of its own. The tap is left open: the tests play a crash.
+func heldTap(t *testing.T, maxBytes int64) (*tapEnv, *disk.Tap, disk.TapOptions) {
+	t.Helper()
+	opts := journaltest.Options()
+	opts.MaxBytes = maxBytes
+	e := newTapEnv(t, 1<<20, opts)
+	if err := e.log.SetHold("replication", 0); err != nil {
+		t.Fatal(err)
+	}
+	topts := disk.TapOptions{CheckpointEvery: -1, CheckpointBytes: -1, RegionSize: 64 << 10}
+	tap, err := disk.NewTap(context.Background(), e.file, e.log, topts, journaltest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, tap, topts
+}
+
 // TestTapOverflowNotRolledBackByReplay: a record journaled before the
 // journal overflowed and not yet checkpointed (replication holds it, and
 // no checkpoint ran) must not be replayed after a crash over a newer,
@@ -397,17 +416,7 @@ func TestTapSkipsCheckpointsBehindReplication(t *testing.T) {
 // acknowledged and flushed.
 func TestTapOverflowNotRolledBackByReplay(t *testing.T) {
 	ctx := context.Background()
-	opts := journaltest.Options()
-	opts.MaxBytes = 3 * (journal.HeaderSize + 8192)
-	e := newTapEnv(t, 1<<20, opts)
-	if err := e.log.SetHold("replication", 0); err != nil {
-		t.Fatal(err)
-	}
-	topts := disk.TapOptions{CheckpointEvery: -1, CheckpointBytes: -1, RegionSize: 64 << 10}
-	tap, err := disk.NewTap(ctx, e.file, e.log, topts, journaltest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, tap, topts := heldTap(t, 3*(journal.HeaderSize+8192))
 	old, newer := bytes.Repeat([]byte{1}, 8192), bytes.Repeat([]byte{2}, 8192)
 	for i := range 3 {
 		if _, err := tap.WriteAt(old, int64(i)*8192); err != nil {
@@ -442,17 +451,7 @@ func TestTapOverflowNotRolledBackByReplay(t *testing.T) {
 // unjournaled and flushed write to the same block.
 func TestTapOverflowBarrierWaitsForLateAppend(t *testing.T) {
 	ctx := context.Background()
-	opts := journaltest.Options()
-	opts.MaxBytes = 2*(journal.HeaderSize+8192) + journal.HeaderSize + 4096
-	e := newTapEnv(t, 1<<20, opts)
-	if err := e.log.SetHold("replication", 0); err != nil {
-		t.Fatal(err)
-	}
-	topts := disk.TapOptions{CheckpointEvery: -1, CheckpointBytes: -1, RegionSize: 64 << 10}
-	tap, err := disk.NewTap(ctx, e.file, e.log, topts, journaltest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, tap, topts := heldTap(t, 2*(journal.HeaderSize+8192)+journal.HeaderSize+4096)
 	const late = 512 << 10 // the block of the late Append
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
