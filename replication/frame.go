@@ -370,7 +370,7 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 	return out, true
 }
 
-// flags returns the flags of an uncompressed frame of type typ.
+// flags returns the flags a frame of type typ carries besides flagZstd.
 func (fw *frameWriter) flags(typ frameType) byte {
 	if fw.headerCRC && typ == frameRecords {
 		return flagHeaderCRC
