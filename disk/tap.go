@@ -635,7 +635,7 @@ func (t *Tap) overflowBarrier(ctx context.Context) error {
 	defer t.barMu.Unlock()
 	for {
 		t.mu.Lock()
-		done, applied, repairing := t.barrier, t.applied, t.repairFrom != 0
+		done, repairing := t.barrier, t.repairFrom != 0
 		busy := len(t.appending) > 0 || len(t.inflight) > 0
 		t.mu.Unlock()
 		switch {
@@ -649,15 +649,11 @@ func (t *Tap) overflowBarrier(ctx context.Context) error {
 			// Nothing more can commit until Resume, which waits for
 			// this write (the gate).
 			target := t.log.Committed()
-			if applied < target {
-				if err := t.checkpoint(ctx, false); err != nil {
-					return fmt.Errorf("checkpoint before the first unjournaled write: %w", err)
-				}
+			if err := t.checkpoint(ctx, false); err != nil {
+				return fmt.Errorf("checkpoint before the first unjournaled write: %w", err)
 			}
 			t.mu.Lock()
-			if t.applied >= target {
-				t.barrier = true
-			}
+			t.barrier = t.barrier || t.applied >= target
 			done = t.barrier
 			t.mu.Unlock()
 			if done {

@@ -409,6 +409,19 @@ func heldTap(t *testing.T, maxBytes int64) (*tapEnv, *disk.Tap, disk.TapOptions)
 	return e, tap, topts
 }
 
+// readAfterCrash plays a crash of heldTap's tap (it is never closed): a
+// new tap opens the same journal and store, replays what it finds past
+// the apply hold, and n bytes at off are read back.
+func readAfterCrash(t *testing.T, e *tapEnv, topts disk.TapOptions, off int64, n int) []byte {
+	t.Helper()
+	tap := newTap(t, e.file, e.log, topts)
+	got := make([]byte, n)
+	if _, err := tap.ReadAt(got, off); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
 // TestTapOverflowNotRolledBackByReplay: a record journaled before the
 // journal overflowed and not yet checkpointed (replication holds it, and
 // no checkpoint ran) must not be replayed after a crash over a newer,
@@ -432,13 +445,7 @@ func TestTapOverflowNotRolledBackByReplay(t *testing.T) {
 	if err := tap.Flush(ctx); err != nil {
 		t.Fatalf("Flush: %v", err)
 	}
-	// A crash: the tap is never closed; a new one opens the same journal
-	// and store and replays what it finds past the apply hold.
-	tap2 := newTap(t, e.file, e.log, topts)
-	got := make([]byte, 8192)
-	if _, err := tap2.ReadAt(got, 8192); err != nil {
-		t.Fatal(err)
-	}
+	got := readAfterCrash(t, e, topts, 8192, 8192)
 	if !bytes.Equal(got, newer) {
 		t.Errorf("after a crash in overflow the block holds %d, the journaled write it replaced, want the flushed unjournaled write %d", got[0], newer[0])
 	}
@@ -495,12 +502,7 @@ func TestTapOverflowBarrierWaitsForLateAppend(t *testing.T) {
 	if err := tap.Flush(ctx); err != nil {
 		t.Fatalf("Flush: %v", err)
 	}
-	// A crash: a new tap replays what it finds past the apply hold.
-	tap2 := newTap(t, e.file, e.log, topts)
-	got := make([]byte, 4096)
-	if _, err := tap2.ReadAt(got, late); err != nil {
-		t.Fatal(err)
-	}
+	got := readAfterCrash(t, e, topts, late, 4096)
 	if !bytes.Equal(got, newer) {
 		t.Errorf("after a crash the block holds %d, the late journaled write, want the flushed unjournaled write %d", got[0], newer[0])
 	}

@@ -112,27 +112,22 @@ const (
 
 // EncodeFrame builds one frame as a sender would.
 func EncodeFrame(typ uint8, payload []byte, compress bool) []byte {
-	fw, err := newFrameWriter(io.Discard, compress)
-	if err != nil {
-		panic(err)
-	}
-	defer fw.close()
-	b, err := fw.encode(frameType(typ), payload)
-	if err != nil {
-		panic(err)
-	}
-	return append([]byte(nil), b...)
+	return encodeFrame(typ, payload, compress, false)
 }
 
 // EncodeFrameV4 is EncodeFrame by a sender whose peer speaks version 4:
 // records frames carry a CRC of their header alone.
 func EncodeFrameV4(typ uint8, payload []byte, compress bool) []byte {
+	return encodeFrame(typ, payload, compress, true)
+}
+
+func encodeFrame(typ uint8, payload []byte, compress, headerCRC bool) []byte {
 	fw, err := newFrameWriter(io.Discard, compress)
 	if err != nil {
 		panic(err)
 	}
 	defer fw.close()
-	fw.headerCRC = true
+	fw.headerCRC = headerCRC
 	b, err := fw.encode(frameType(typ), payload)
 	if err != nil {
 		panic(err)
