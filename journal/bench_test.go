@@ -2,6 +2,7 @@ package journal_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,3 +87,72 @@ func BenchmarkAppendReceived4x1M(b *testing.B) {
 		}
 	}
 }
+
+// benchBatches reads 64 MiB of 1 MiB records into 4 MiB batches, as the
+// replication sender builds its frames, with read.
+func benchBatches(b *testing.B, read func(ctx context.Context, l *journal.Log, buf []byte) ([]byte, error)) {
+	ctx := context.Background()
+	s := journaltest.Open(b, "", journal.Options{GCInterval: -1, MaxBytes: 1 << 40})
+	l := journaltest.Log(b, s, "bench")
+	data := make([]byte, journal.MaxData)
+	const n = 64
+	for i := range n {
+		journaltest.Write(b, l, int64(i)<<20, data)
+	}
+	buf := make([]byte, 0, 5<<20)
+	b.SetBytes(n << 20)
+	b.ResetTimer()
+	for range b.N {
+		var err error
+		if buf, err = read(ctx, l, buf[:0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkBatchesReadViews: each record read into ReadViews's buffer,
+// then encoded into the batch (the sender before AppendViews).
+func BenchmarkBatchesReadViews(b *testing.B) {
+	benchBatches(b, func(ctx context.Context, l *journal.Log, buf []byte) ([]byte, error) {
+		from := uint64(1)
+		for {
+			buf = buf[:0]
+			err := l.ReadViews(ctx, from, func(r journal.Record) error {
+				var err error
+				if buf, err = r.AppendBinary(buf); err != nil {
+					return err
+				}
+				from++
+				if len(buf) >= 4<<20 {
+					return errFull
+				}
+				return nil
+			})
+			if err != nil && err != errFull {
+				return buf, err
+			}
+			if err == nil {
+				return buf, nil
+			}
+		}
+	})
+}
+
+// BenchmarkBatchesAppendViews: records read straight into the batch.
+func BenchmarkBatchesAppendViews(b *testing.B) {
+	benchBatches(b, func(ctx context.Context, l *journal.Log, buf []byte) ([]byte, error) {
+		from := uint64(1)
+		for {
+			var err error
+			buf, err = l.AppendViews(ctx, from, buf[:0], 4<<20, func(journal.Record) error { from++; return nil })
+			if err != nil {
+				return buf, err
+			}
+			if from > 64 {
+				return buf, nil
+			}
+		}
+	})
+}
+
+var errFull = errors.New("full")

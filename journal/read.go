@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // ReadFrom calls fn with every committed record from seq from onwards, in
@@ -37,33 +38,79 @@ const viewChunk = 4 << 20
 // aliases that buffer: fn may keep neither after it returns. Errors are
 // ReadFrom's.
 func (l *Log) ReadViews(ctx context.Context, from uint64, fn func(Record) error) error {
+	bp, _ := l.s.views.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer l.s.views.Put(bp)
+	return l.views(ctx, from, func() int64 { return viewChunk }, func(size int64) []byte {
+		if int64(cap(*bp)) < size {
+			*bp = make([]byte, size)
+		}
+		return (*bp)[:size]
+	}, fn)
+}
+
+// AppendViews is ReadViews reading into the end of buf instead of a
+// buffer of its own, for a reader that sends the records on in their
+// stored form, which is Record.AppendBinary's (the replication sender
+// builds its frames so, with one copy of the data where ReadViews and
+// AppendBinary made two). fn gets each record, a view into buf, once its
+// bytes are there; the record stays in buf when fn returns nil. Reading
+// stops after the record that takes buf to limit bytes or more. It
+// returns buf with the records fn accepted, and nil or the error that
+// stopped it: fn's as is (its record is not in buf), or ReadFrom's.
+func (l *Log) AppendViews(ctx context.Context, from uint64, buf []byte, limit int, fn func(Record) error) ([]byte, error) {
+	kept := len(buf)
+	if kept >= limit {
+		return buf, nil
+	}
+	err := l.views(ctx, from, func() int64 { return min(viewChunk, int64(limit-kept)) }, func(size int64) []byte {
+		buf = slices.Grow(buf[:kept], int(size))[:kept+int(size)]
+		return buf[kept:]
+	}, func(r Record) error {
+		if err := fn(r); err != nil {
+			return err
+		}
+		kept += HeaderSize + len(r.Data)
+		if kept >= limit {
+			return errViewsFull
+		}
+		return nil
+	})
+	if errors.Is(err, errViewsFull) {
+		err = nil
+	}
+	return buf[:kept], err
+}
+
+// errViewsFull stops AppendViews's reading at its limit.
+var errViewsFull = errors.New("views reached their limit")
+
+// views reads the committed records from seq from onwards for ReadViews
+// and AppendViews: after the first record, records back to back in a
+// segment are read as one run of at most budget() bytes (at least one
+// record) into room(size), and each is verified and passed to fn.
+func (l *Log) views(ctx context.Context, from uint64, budget func() int64, room func(size int64) []byte, fn func(Record) error) error {
 	snap, prev, pinned, err := l.snapshot(from)
 	if err != nil || len(snap) == 0 {
 		return err
 	}
 	defer l.unpin(pinned)
 
-	bp, _ := l.s.views.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
-	}
-	defer l.s.views.Put(bp)
 	single := false // after a failed run: read its records one by one
 	for i := 0; i < len(snap); {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		// The run: records back to back in one segment, one read.
-		j, size := i+1, snap[i].size
+		j, size, most := i+1, snap[i].size, budget()
 		for !single && i > 0 && j < len(snap) && snap[j].seg == snap[i].seg && snap[j].off == snap[j-1].off+snap[j-1].size &&
-			size+snap[j].size <= viewChunk {
+			size+snap[j].size <= most {
 			size += snap[j].size
 			j++
 		}
-		if int64(cap(*bp)) < size {
-			*bp = make([]byte, size)
-		}
-		p := (*bp)[:size]
+		p := room(size)
 		if err := snap[i].seg.readAt(p, snap[i].off); err != nil {
 			if j > i+1 {
 				single = true // name the first record that cannot be read

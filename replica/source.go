@@ -108,8 +108,9 @@ type syncPlan struct {
 }
 
 var (
-	_ replication.Source     = (*Source)(nil)
-	_ replication.Backlogger = (*Source)(nil)
+	_ replication.Source         = (*Source)(nil)
+	_ replication.Backlogger     = (*Source)(nil)
+	_ replication.RecordAppender = (*Source)(nil)
 )
 
 // NewSource presents tap and its journal log as a replication.Source. The
@@ -194,10 +195,36 @@ func (s *Source) MarkDirty(ctx context.Context, regions []replication.Region) er
 // planned sync covers, are refused with an error wrapping
 // replication.ErrTruncated (and journal.ErrReleased when released).
 func (s *Source) ReadFrom(ctx context.Context, from uint64, fn func(journal.Record) error) error {
+	if err := s.readable(from); err != nil {
+		return err
+	}
+	return truncated(s.log.ReadViews(ctx, from, fn)) // fn keeps nothing: no copies
+}
+
+// AppendRecords reads the journal's records from seq from onwards into
+// buf, whose stored form is their wire form (see
+// replication.RecordAppender).
+func (s *Source) AppendRecords(ctx context.Context, from uint64, buf []byte, limit int, fn func(journal.Record) error) ([]byte, error) {
+	if err := s.readable(from); err != nil {
+		return buf, err
+	}
+	buf, err := s.log.AppendViews(ctx, from, buf, limit, fn)
+	return buf, truncated(err)
+}
+
+// readable returns an error wrapping replication.ErrTruncated when the
+// records from seq from onwards miss writes (the journal overflowed into
+// dirty-region tracking after from and no planned sync covers them).
+func (s *Source) readable(from uint64) error {
 	if s.tap.NeedsResync() && !s.covered(from) {
 		return fmt.Errorf("read journal %s from seq=%d: writes not journaled since: %w", s.log.Name(), from, replication.ErrTruncated)
 	}
-	err := s.log.ReadViews(ctx, from, fn) // fn keeps nothing: no copies
+	return nil
+}
+
+// truncated wraps a journal's ErrReleased in replication.ErrTruncated:
+// records the Sender needs are gone, and it resyncs.
+func truncated(err error) error {
 	if errors.Is(err, journal.ErrReleased) {
 		return fmt.Errorf("%w: %w", replication.ErrTruncated, err)
 	}

@@ -18,8 +18,40 @@ const zeroBlock = 64 << 10
 
 var zeroes = make([]byte, zeroBlock)
 
-// errBatchFull stops Source.ReadFrom when a batch is full.
+// errBatchFull stops the reading of a batch that holds MaxBatchRecords
+// records, or whose frame reached MaxBatchBytes.
 var errBatchFull = errors.New("batch full")
+
+// appendRecords appends to buf the records from seq from onwards in their
+// wire form (journal.Record.AppendBinary's), each after fn accepted it,
+// until buf holds limit bytes or more: straight from the source's stored
+// records when it is a RecordAppender, else by way of ReadFrom. It
+// returns buf and nil, or the error that stopped it (fn's, errBatchFull
+// aside, or the source's).
+func appendRecords(ctx context.Context, src Source, from uint64, buf []byte, limit int, fn func(journal.Record) error) ([]byte, error) {
+	var err error
+	if a, ok := src.(RecordAppender); ok {
+		buf, err = a.AppendRecords(ctx, from, buf, limit, fn)
+	} else {
+		err = src.ReadFrom(ctx, from, func(r journal.Record) error {
+			if err := fn(r); err != nil {
+				return err
+			}
+			var err error
+			if buf, err = r.AppendBinary(buf); err != nil {
+				return fmt.Errorf("encode record seq=%d: %w", r.Seq, err)
+			}
+			if len(buf) >= limit {
+				return errBatchFull
+			}
+			return nil
+		})
+	}
+	if errors.Is(err, errBatchFull) {
+		err = nil
+	}
+	return buf, err
+}
 
 // streamer is the writer side of one connection.
 type streamer struct {
@@ -375,6 +407,9 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 	want := *next
 	prev := w.prev
 	fn := func(r journal.Record) error {
+		if count >= s.cfg.MaxBatchRecords {
+			return errBatchFull
+		}
 		if r.Seq != want {
 			return fmt.Errorf("source gave seq=%d, want %d", r.Seq, want)
 		}
@@ -385,10 +420,6 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 			return fmt.Errorf("%w: record seq=%d follows sum %016x, the secondary holds %016x", ErrDiverged, r.Seq, r.PrevSum, prev.Sum)
 		}
 		prev = Position{Seq: r.Seq, Sum: r.Sum}
-		var err error
-		if buf, err = r.AppendBinary(buf); err != nil {
-			return fmt.Errorf("encode record seq=%d: %w", r.Seq, err)
-		}
 		if count == 0 {
 			first = r.Time
 		}
@@ -398,30 +429,27 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		count++
 		dataBytes += len(r.Data)
 		want++
-		if len(buf) >= s.cfg.MaxBatchBytes || count >= s.cfg.MaxBatchRecords {
-			return errBatchFull
-		}
 		return nil
 	}
-	err := s.src.ReadFrom(ctx, want, fn)
+	buf, err := appendRecords(ctx, s.src, want, buf, s.cfg.MaxBatchBytes, fn)
 	// With a BatchDelay, a small batch waits a little for more records.
 	if err == nil && count > 0 && s.cfg.BatchDelay > 0 {
 		deadline := time.Now().Add(s.cfg.BatchDelay)
-		for err == nil && len(buf) < s.cfg.MaxBatchBytes/2 && time.Now().Before(deadline) {
+		for err == nil && len(buf) < s.cfg.MaxBatchBytes/2 && count < s.cfg.MaxBatchRecords && time.Now().Before(deadline) {
 			wctx, cancel := context.WithDeadline(ctx, deadline)
 			werr := s.src.WaitAfter(wctx, want-1)
 			cancel()
 			if werr != nil {
 				break
 			}
-			err = s.src.ReadFrom(ctx, want, fn)
+			buf, err = appendRecords(ctx, s.src, want, buf, s.cfg.MaxBatchBytes, fn)
 		}
 	}
 	w.buf, w.track = buf, track
 	if count > 0 && err != nil && (errors.Is(err, journal.ErrCorrupt) || errors.Is(err, ErrDiverged)) {
 		err = nil // ship the sound records before it; the next batch stops there
 	}
-	if err != nil && !errors.Is(err, errBatchFull) {
+	if err != nil {
 		if errors.Is(err, ErrTruncated) || errors.Is(err, journal.ErrReleased) {
 			return 0, err
 		}

@@ -110,6 +110,18 @@ type Source interface {
 	io.ReaderAt
 }
 
+// RecordAppender is implemented by sources that store records in their
+// wire form (journal.Record.AppendBinary's), so that the Sender reads
+// them straight into its frame, with one copy of the data instead of a
+// read and an encode. AppendRecords is ReadFrom appending each record's
+// bytes to buf (fn gets the record, a view into buf, once they are
+// there, and the record stays when fn returns nil) until buf holds limit
+// bytes or more, as journal.Log.AppendViews; it returns buf with the
+// records fn accepted and ReadFrom's error.
+type RecordAppender interface {
+	AppendRecords(ctx context.Context, from uint64, buf []byte, limit int, fn func(journal.Record) error) ([]byte, error)
+}
+
 // Reconciler is implemented by sources that can recover from a
 // divergence in which the secondary holds records the primary lost (see
 // Sender's reconcile, protocol version 3). Without it such a divergence

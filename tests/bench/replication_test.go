@@ -172,6 +172,72 @@ func FuzzParseProcStat(f *testing.F) {
 	})
 }
 
+func TestParseMachineStat(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		want    machineCPU
+		wantErr string
+	}{
+		{"sample", "cpu  100 2 30 400 5 6 7 50 0 0\ncpu0 50 1 15 200 2 3 3 25 0 0\n", machineCPU{total: 600, steal: 50}, ""},
+		{"no guest fields", "cpu 1 1 1 1 1 1 1 3\n", machineCPU{total: 10, steal: 3}, ""},
+		{"per-CPU line first", "cpu0 1 1 1 1 1 1 1 1\n", machineCPU{}, "first line"},
+		{"short", "cpu 1 2 3\n", machineCPU{}, "first line"},
+		{"not a number", "cpu 1 2 3 4 5 6 7 x\n", machineCPU{}, "CPU time"},
+		{"negative", "cpu 1 2 3 4 5 6 7 -8\n", machineCPU{}, "CPU time"},
+		{"overflow", "cpu 1 2 3 4 5 6 7 18446744073709551615\n", machineCPU{}, "CPU time"},
+		{"empty", "", machineCPU{}, "first line"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseMachineStat([]byte(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseMachineStat error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseMachineStat: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("parseMachineStat = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseMachineStat(f *testing.F) {
+	f.Add([]byte("cpu  100 2 30 400 5 6 7 50 0 0\n"))
+	f.Add([]byte("cpu 1 2 3 4 5 6 7 18446744073709551615\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, err := parseMachineStat(raw)
+		if err == nil && got.steal > got.total {
+			t.Fatalf("parseMachineStat(%q) = %+v: more stolen than in all", raw, got)
+		}
+	})
+}
+
+// TestStealShare: the share stolen between two readings, and none when the
+// counters did not move forward.
+func TestStealShare(t *testing.T) {
+	mark := machineCPU{total: 1000, steal: 100}
+	for _, tt := range []struct {
+		now  machineCPU
+		want float64
+	}{
+		{machineCPU{total: 1400, steal: 200}, 0.25},
+		{machineCPU{total: 1400, steal: 100}, 0},
+		{mark, 0},
+		{machineCPU{total: 900, steal: 150}, 0},
+		{machineCPU{total: 1400, steal: 50}, 0},
+	} {
+		if got := tt.now.stealShare(mark); got != tt.want {
+			t.Errorf("%+v.stealShare(%+v) = %v, want %v", tt.now, mark, got, tt.want)
+		}
+	}
+}
+
 // TestHeldRate: the rate both sites held the writes counts the drain.
 func TestHeldRate(t *testing.T) {
 	r := replRun{fio: replFioResult{mbs: 1000, written: 4e9}, drain: 4 * time.Second}
