@@ -54,6 +54,13 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 			<-sem
 		}
 	}()
+	// Other requests go to a pool of workers, started as needed up to
+	// depth, each serving requests until the connection ends: a journaled
+	// write runs deep (tap, journal, pwritev), and a goroutine per request
+	// grew that stack anew each time, a tenth of the daemon's CPU on 4 KiB
+	// writes.
+	slow := make(chan job)
+	workers := 0
 	var hdr [RequestSize]byte
 	var err error
 	for {
@@ -118,14 +125,26 @@ func (c *conn) transmit(ctx context.Context, sess *session) error {
 			fast <- job{req, buf}
 			continue
 		}
-		wg.Add(1)
-		go func(req Request, buf *[]byte) {
-			defer wg.Done()
-			t.serveTimed(&req, buf, false)
-			<-sem
-		}(req, buf)
+		select {
+		case slow <- job{req, buf}:
+		default:
+			if workers == depth {
+				slow <- job{req, buf} // one is about to be free: this holds a slot
+				break
+			}
+			workers++
+			wg.Add(1)
+			go func(j job) {
+				defer wg.Done()
+				for ok := true; ok; j, ok = <-slow {
+					t.serveTimed(&j.req, j.buf, false)
+					<-sem
+				}
+			}(job{req, buf})
+		}
 	}
 	close(fast)
+	close(slow)
 	fwg.Wait()
 	wg.Wait()
 	if sp != nil {
