@@ -18,8 +18,9 @@
 // listeners. Each connection has one goroutine reading requests. Requests
 // the backend has lately served quickly (page-cache reads and writes) go in
 // order to one worker goroutine, overlapping with the reading; slower ones
-// (flushes, FUA, a backend waiting on a disk or a remote journal) each get
-// a goroutine, up to ServerOptions.MaxInFlight requests in flight. Replies
+// (flushes, FUA, a backend waiting on a disk or a remote journal) go to a
+// pool of workers, started as needed up to ServerOptions.MaxInFlight (the
+// most requests in flight) and kept until the connection ends. Replies
 // are written in completion order (the protocol allows any), batched into
 // one writev when several are ready. Backends must therefore be safe for
 // concurrent use. On plaintext connections, backends that are a plain file

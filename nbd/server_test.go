@@ -643,3 +643,78 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("read after Shutdown succeeded; want the connection closed")
 	}
 }
+
+// barrierMem is a Mem whose writes wait, inside the backend, until n of
+// them are in flight at once; it records the most ever in flight.
+type barrierMem struct {
+	*nbdtest.Mem
+	n       int
+	mu      sync.Mutex
+	cond    *sync.Cond
+	in, max int
+	round   int
+}
+
+func (m *barrierMem) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	m.in++
+	m.max = max(m.max, m.in)
+	round := m.round
+	if m.in == m.n {
+		m.round++
+		m.cond.Broadcast()
+	}
+	deadline := time.AfterFunc(10*time.Second, func() { m.mu.Lock(); m.cond.Broadcast(); m.mu.Unlock() })
+	start := time.Now()
+	for m.round == round && time.Since(start) < 10*time.Second {
+		m.cond.Wait()
+	}
+	deadline.Stop()
+	released := m.round != round
+	m.in--
+	m.mu.Unlock()
+	if !released {
+		return 0, errors.New("barrier: the other writes never came")
+	}
+	return m.Mem.WriteAt(p, off)
+}
+
+// TestSlowRequestsServedConcurrently: requests on the slow path (FUA
+// writes) are served MaxInFlight at once and no more, round after round
+// by the same pool of workers, each with its own data.
+func TestSlowRequestsServedConcurrently(t *testing.T) {
+	const depth = 4
+	mem := &barrierMem{Mem: nbdtest.NewMem(testSize), n: depth}
+	mem.cond = sync.NewCond(&mem.mu)
+	exp := &nbd.SingleExport{Name: "disk", Backend: mem}
+	srv := nbdtest.NewServer(t, exp, nbd.ServerOptions{MaxInFlight: depth})
+	r := dialRaw(t, srv.Socket)
+	r.greet(3)
+	r.goExport("disk")
+	for round := range 3 {
+		var reqs []byte
+		for i := range 2 * depth {
+			k := round*2*depth + i
+			reqs = append(reqs, reqBytes(nbd.CmdFlagFUA, 1, uint64(k), uint64(k)*512, 512)...)
+			reqs = append(reqs, bytes.Repeat([]byte{byte(k + 1)}, 512)...)
+		}
+		r.write(reqs)
+		for range 2 * depth {
+			if cookie, e := r.simple(); e != 0 {
+				t.Fatalf("round %d: FUA write %d: error %d (the server did not serve %d at once)", round, cookie, e, depth)
+			}
+		}
+	}
+	mem.mu.Lock()
+	most := mem.max
+	mem.mu.Unlock()
+	if most != depth {
+		t.Errorf("at most %d writes in flight, want %d (MaxInFlight)", most, depth)
+	}
+	for k := range 3 * 2 * depth {
+		got := mem.Bytes()[k*512 : (k+1)*512]
+		if !bytes.Equal(got, bytes.Repeat([]byte{byte(k + 1)}, 512)) {
+			t.Fatalf("block %d holds %d, want %d", k, got[0], k+1)
+		}
+	}
+}
