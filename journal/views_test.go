@@ -24,16 +24,31 @@ func writeMixed(t *testing.T, l *journal.Log, rng *rand.Rand, n, max, every int)
 	}
 }
 
+// mixedLog returns a log in 4 MiB segments of n records from writeMixed,
+// of up to 64 KiB and every 40th of MaxData; seed picks the sizes.
+func mixedLog(t *testing.T, seed uint64, n int) *journal.Log {
+	t.Helper()
+	s := journaltest.Open(t, "", journaltest.Options()) // 4 MiB segments
+	l := journaltest.Log(t, s, "d")
+	writeMixed(t, l, rand.New(rand.NewPCG(seed, seed+1)), n, 64<<10, 40)
+	return l
+}
+
+// damage flips the last stored byte of committed record seq.
+func damage(t *testing.T, l *journal.Log, seq uint64) {
+	t.Helper()
+	if err := l.Tamper(seq, func(b []byte) []byte { b[len(b)-1] ^= 0xff; return b }); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestReadViews: ReadViews gives what ReadFrom gives, from any seq,
 // across segments, and stops at a damaged record naming it, after
 // passing on every record before it.
 func TestReadViews(t *testing.T) {
 	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(3, 4))
-	s := journaltest.Open(t, "", journaltest.Options()) // 4 MiB segments
-	l := journaltest.Log(t, s, "d")
 	const n = 300
-	writeMixed(t, l, rng, n, 64<<10, 40)
+	l := mixedLog(t, 3, n)
 	views := func(from uint64) ([]journal.Record, error) {
 		var got []journal.Record
 		err := l.ReadViews(ctx, from, func(r journal.Record) error {
@@ -63,9 +78,7 @@ func TestReadViews(t *testing.T) {
 	}
 
 	const bad = 77
-	if err := l.Tamper(bad, func(b []byte) []byte { b[len(b)-1] ^= 0xff; return b }); err != nil {
-		t.Fatal(err)
-	}
+	damage(t, l, bad)
 	got, err := views(50)
 	if !errors.Is(err, journal.ErrCorrupt) {
 		t.Fatalf("ReadViews over a damaged record = %v, want ErrCorrupt", err)
@@ -81,11 +94,8 @@ func TestReadViews(t *testing.T) {
 // stops at a damaged record with every record before it in buf.
 func TestAppendViews(t *testing.T) {
 	ctx := context.Background()
-	rng := rand.New(rand.NewPCG(5, 6))
-	s := journaltest.Open(t, "", journaltest.Options()) // 4 MiB segments
-	l := journaltest.Log(t, s, "d")
 	const n = 300
-	writeMixed(t, l, rng, n, 64<<10, 40)
+	l := mixedLog(t, 5, n)
 	prefix := []byte("frame header")
 	encode := func(recs []journal.Record) []byte {
 		b := bytes.Clone(prefix)
@@ -141,9 +151,7 @@ func TestAppendViews(t *testing.T) {
 	}
 
 	const bad = 77
-	if err := l.Tamper(bad, func(b []byte) []byte { b[len(b)-1] ^= 0xff; return b }); err != nil {
-		t.Fatal(err)
-	}
+	damage(t, l, bad)
 	got, err = l.AppendViews(ctx, 50, bytes.Clone(prefix), 1<<40, func(journal.Record) error { return nil })
 	if !errors.Is(err, journal.ErrCorrupt) {
 		t.Fatalf("AppendViews over a damaged record = %v, want ErrCorrupt", err)

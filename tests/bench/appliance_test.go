@@ -23,33 +23,42 @@ Threads:	14
 `
 
 func TestParseProcStatus(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    procMemory
-		wantErr string
-	}{
+	checkParses(t, "parseProcStatus", parseProcStatus, []parseCase[procMemory]{
 		{"sample", procStatusSample, procMemory{HWM: 1470764 << 10, RSS: 1470332 << 10, Anon: 43012 << 10, File: 1427320 << 10}, ""},
 		{"only peak", "VmHWM:\t12 kB\n", procMemory{HWM: 12 << 10}, ""},
 		{"no peak", "VmRSS:\t12 kB\n", procMemory{}, "no VmHWM"},
 		{"bad unit", "VmHWM:\t12 MB\n", procMemory{}, "VmHWM"},
 		{"bad number", "VmHWM:\t1x2 kB\n", procMemory{}, "VmHWM"},
 		{"empty", "", procMemory{}, "no VmHWM"},
-	}
-	for _, tt := range tests {
+	})
+}
+
+// parseCase is one case of a parser's table test: its input and the
+// result it should give, or a part of the error it should return.
+type parseCase[T comparable] struct {
+	name    string
+	in      string
+	want    T
+	wantErr string
+}
+
+// checkParses runs parse, named name, over the cases.
+func checkParses[T comparable](t *testing.T, name string, parse func([]byte) (T, error), cases []parseCase[T]) {
+	t.Helper()
+	for _, tt := range cases {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseProcStatus([]byte(tt.in))
+			got, err := parse([]byte(tt.in))
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("parseProcStatus error = %v, want one containing %q", err, tt.wantErr)
+					t.Fatalf("%s error = %v, want one containing %q", name, err, tt.wantErr)
 				}
 				return
 			}
 			if err != nil {
-				t.Fatalf("parseProcStatus: %v", err)
+				t.Fatalf("%s: %v", name, err)
 			}
 			if got != tt.want {
-				t.Errorf("parseProcStatus = %+v, want %+v", got, tt.want)
+				t.Errorf("%s = %+v, want %+v", name, got, tt.want)
 			}
 		})
 	}

@@ -126,12 +126,7 @@ func TestPercentile(t *testing.T) {
 }
 
 func TestParseProcStat(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    time.Duration
-		wantErr string
-	}{
+	checkParses(t, "parseProcStat", parseProcStat, []parseCase[time.Duration]{
 		{"sample", "13265 (tandem) S 1 13165 21277 0 -1 4194304 101 0 0 0 250 75 0 0 20 0 14 0 1285839\n", 3250 * time.Millisecond, ""},
 		{"name with spaces and parens", "7 (a) b (c) R 1 1 1 0 -1 0 0 0 0 0 1 2 0 0\n", 30 * time.Millisecond, ""},
 		{"no name", "7 a R 1 1 1 0 -1 0 0 0 0 0 1 2\n", 0, "no command name"},
@@ -140,24 +135,7 @@ func TestParseProcStat(t *testing.T) {
 		{"negative", "7 (a) R 1 1 1 0 -1 0 0 0 0 0 -1 2 0\n", 0, "CPU time"},
 		{"overflow", "7 (a) R 1 1 1 0 -1 0 0 0 0 0 99999999999999999 2 0\n", 0, "CPU time"},
 		{"empty", "", 0, "no command name"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseProcStat([]byte(tt.in))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("parseProcStat error = %v, want one containing %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("parseProcStat: %v", err)
-			}
-			if got != tt.want {
-				t.Errorf("parseProcStat = %v, want %v", got, tt.want)
-			}
-		})
-	}
+	})
 }
 
 func FuzzParseProcStat(f *testing.F) {
@@ -173,12 +151,7 @@ func FuzzParseProcStat(f *testing.F) {
 }
 
 func TestParseMachineStat(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    machineCPU
-		wantErr string
-	}{
+	checkParses(t, "parseMachineStat", parseMachineStat, []parseCase[machineCPU]{
 		{"sample", "cpu  100 2 30 400 5 6 7 50 0 0\ncpu0 50 1 15 200 2 3 3 25 0 0\n", machineCPU{total: 600, steal: 50}, ""},
 		{"no guest fields", "cpu 1 1 1 1 1 1 1 3\n", machineCPU{total: 10, steal: 3}, ""},
 		{"per-CPU line first", "cpu0 1 1 1 1 1 1 1 1\n", machineCPU{}, "first line"},
@@ -187,24 +160,7 @@ func TestParseMachineStat(t *testing.T) {
 		{"negative", "cpu 1 2 3 4 5 6 7 -8\n", machineCPU{}, "CPU time"},
 		{"overflow", "cpu 1 2 3 4 5 6 7 18446744073709551615\n", machineCPU{}, "CPU time"},
 		{"empty", "", machineCPU{}, "first line"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseMachineStat([]byte(tt.in))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("parseMachineStat error = %v, want one containing %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("parseMachineStat: %v", err)
-			}
-			if got != tt.want {
-				t.Errorf("parseMachineStat = %+v, want %+v", got, tt.want)
-			}
-		})
-	}
+	})
 }
 
 func FuzzParseMachineStat(f *testing.F) {
