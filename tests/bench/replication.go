@@ -103,12 +103,10 @@ type replRun struct {
 	steal float64
 }
 
-// replCPU is the CPU time (user and system) of the two daemons, and the
-// machine's CPU time and the part of it stolen: since they started, or
-// over a run.
+// replCPU is the CPU time (user and system) of the two daemons: since
+// they started, or over a run.
 type replCPU struct {
 	pri, sec time.Duration
-	machine  machineCPU
 }
 
 // perGB is a daemon's CPU time d over the run and its drain per GB the
@@ -643,16 +641,24 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 		wg.Wait()
 		return replRun{}, err
 	}
+	machine0, err := readMachineCPU()
+	if err != nil {
+		stopSampling()
+		wg.Wait()
+		return replRun{}, err
+	}
 	uri := "nbd+unix:///" + disk + "?socket=" + b.pri.daemon.nbdSock
 	res, ferr := replFio(ctx, b.dir, uri, j, size)
+	machine1, merr := readMachineCPU()
 	stopSampling()
 	wg.Wait()
 	if ferr != nil {
 		return replRun{}, ferr
 	}
-	if m, err := readMachineCPU(); err == nil {
-		run.steal = m.stealShare(cpu0.machine)
+	if merr != nil {
+		return replRun{}, merr
 	}
+	run.steal = machine1.stealShare(machine0)
 	if b.pri.daemon.exited() || b.sec.daemon.exited() {
 		return replRun{}, fmt.Errorf("a daemon exited; see %s and %s", b.pri.daemon.logPath, b.sec.daemon.logPath)
 	}
@@ -783,11 +789,7 @@ func (b *replBench) cpuMark() (replCPU, error) {
 	if err != nil {
 		return replCPU{}, err
 	}
-	m, err := readMachineCPU()
-	if err != nil {
-		return replCPU{}, err
-	}
-	return replCPU{pri: pri, sec: sec, machine: m}, nil
+	return replCPU{pri: pri, sec: sec}, nil
 }
 
 // cpuSince is the CPU time of both daemons since the mark.
@@ -796,8 +798,7 @@ func (b *replBench) cpuSince(mark replCPU) (replCPU, error) {
 	if err != nil {
 		return replCPU{}, err
 	}
-	return replCPU{pri: now.pri - mark.pri, sec: now.sec - mark.sec,
-		machine: machineCPU{total: now.machine.total - mark.machine.total, steal: now.machine.steal - mark.machine.steal}}, nil
+	return replCPU{pri: now.pri - mark.pri, sec: now.sec - mark.sec}, nil
 }
 
 // machineCPU is the machine's CPU time, all CPUs together, and the part
