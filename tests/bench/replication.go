@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tandem-dr/tandem/disk"
 )
 
@@ -101,6 +103,10 @@ type replRun struct {
 	// for other guests during fio's run: a run with much of it measured
 	// the neighbours as much as tandem.
 	steal float64
+	// devMBs is the rate at which the device under the sites' data
+	// wrote during fio's run (both sites' journals and stores, whatever
+	// the page cache passed on meanwhile), in MB/s; -1 when unknown.
+	devMBs float64
 }
 
 // replCPU is the CPU time (user and system) of the two daemons: since
@@ -157,6 +163,8 @@ type replBench struct {
 	workSet  int64
 	disks    int // disks made so far, for unique names
 	cleanup  []string
+	// devWrites reads the writes of the device that holds dir.
+	devWrites *devMeter
 }
 
 // benchReplication measures issue 5's speed targets with two daemons on
@@ -308,12 +316,17 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	}
 	fmt.Println("  off: the disk not protected; on: protected, async, zstd; drain: from fio's end until the secondary held\n" +
 		"  every record; wire: frame bytes / record bytes shipped (fio's default data)")
-	fmt.Println("  every run in order, MB/s (the share of the machine's CPU the hypervisor stole during it):")
+	fmt.Println("  every run in order: fio's MB/s (the share of the machine's CPU the hypervisor stole during it;\n" +
+		"  what the device under both sites' data wrote meanwhile, MB/s: journals, stores, writeback):")
 	for _, l := range lines {
 		for _, v := range l.variants {
 			fmt.Printf("    %-14s %-5s", l.job.name, v.name)
 			for _, r := range all[lineVariant{l.job.name, v.name}] {
-				fmt.Printf("  %5.0f (%2.0f%%)", r.fio.mbs, 100*r.steal)
+				dev := "    -"
+				if r.devMBs >= 0 {
+					dev = fmt.Sprintf("%5.0f", r.devMBs)
+				}
+				fmt.Printf("  %5.0f (%2.0f%% %s)", r.fio.mbs, 100*r.steal, dev)
 			}
 			fmt.Println()
 		}
@@ -431,6 +444,13 @@ func (b *replBench) start(ctx context.Context) error {
 		data := filepath.Join(dir, "data")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("replication bench dir: %w", err)
+		}
+		if b.devWrites == nil {
+			m, err := newDevMeter(dir)
+			if err != nil {
+				return err
+			}
+			b.devWrites = m
 		}
 		if out, err := exec.CommandContext(ctx, b.env.Bin, "--data", data, "init", "--site", name).CombinedOutput(); err != nil {
 			return fmt.Errorf("tandem init %s: %w: %s", name, err, out)
@@ -642,6 +662,9 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 		return replRun{}, err
 	}
 	machine0, err := readMachineCPU()
+	if err == nil {
+		err = b.devWrites.start()
+	}
 	if err != nil {
 		stopSampling()
 		wg.Wait()
@@ -650,6 +673,9 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	uri := "nbd+unix:///" + disk + "?socket=" + b.pri.daemon.nbdSock
 	res, ferr := replFio(ctx, b.dir, uri, j, size)
 	machine1, merr := readMachineCPU()
+	if merr == nil {
+		run.devMBs, merr = b.devWrites.rate()
+	}
 	stopSampling()
 	wg.Wait()
 	if ferr != nil {
@@ -814,6 +840,94 @@ func (m machineCPU) stealShare(mark machineCPU) float64 {
 		return 0
 	}
 	return float64(m.steal-mark.steal) / float64(m.total-mark.total)
+}
+
+// devMeter measures the writes of the block device that holds a
+// directory, from /proc/diskstats, over a span of time.
+type devMeter struct {
+	major, minor uint32
+	known        bool // the device has a line in /proc/diskstats
+	mark         uint64
+	at           time.Time
+}
+
+// newDevMeter finds the device that holds dir. A file system on no block
+// device (tmpfs) leaves the meter unknown: its rates are -1.
+func newDevMeter(dir string) (*devMeter, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return nil, fmt.Errorf("device of %s: %w", dir, err)
+	}
+	m := &devMeter{major: unix.Major(st.Dev), minor: unix.Minor(st.Dev)}
+	_, err := m.read()
+	switch {
+	case errors.Is(err, errNoDevice):
+		return m, nil
+	case err != nil:
+		return nil, err
+	}
+	m.known = true
+	return m, nil
+}
+
+// start marks the device's writes so far.
+func (m *devMeter) start() error {
+	if !m.known {
+		return nil
+	}
+	n, err := m.read()
+	m.mark, m.at = n, time.Now()
+	return err
+}
+
+// rate is what the device wrote since start, in MB/s; -1 when unknown.
+func (m *devMeter) rate() (float64, error) {
+	if !m.known {
+		return -1, nil
+	}
+	n, err := m.read()
+	if err != nil {
+		return 0, err
+	}
+	secs := time.Since(m.at).Seconds()
+	if n < m.mark || secs <= 0 {
+		return -1, nil
+	}
+	return float64(n-m.mark) / secs / 1e6, nil
+}
+
+func (m *devMeter) read() (uint64, error) {
+	b, err := os.ReadFile("/proc/diskstats")
+	if err != nil {
+		return 0, fmt.Errorf("read disk stats: %w", err)
+	}
+	return parseDiskstats(b, m.major, m.minor)
+}
+
+// errNoDevice: /proc/diskstats has no line for the device.
+var errNoDevice = errors.New("disk stats: no such device")
+
+// parseDiskstats returns the bytes device major:minor has written, from
+// /proc/diskstats: per line major, minor, name, then the I/O counters,
+// the seventh of which (field 10) is the sectors written, always of 512
+// bytes.
+func parseDiskstats(b []byte, major, minor uint32) (uint64, error) {
+	want := []string{strconv.FormatUint(uint64(major), 10), strconv.FormatUint(uint64(minor), 10)}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) < 3 || f[0] != want[0] || f[1] != want[1] {
+			continue
+		}
+		if len(f) < 10 {
+			return 0, fmt.Errorf("disk stats: line %q, want at least 10 fields", strings.TrimSpace(line))
+		}
+		n, err := strconv.ParseUint(f[9], 10, 64)
+		if err != nil || n > math.MaxUint64/512 {
+			return 0, fmt.Errorf("disk stats: %s sectors written %q", f[2], f[9])
+		}
+		return n * 512, nil
+	}
+	return 0, fmt.Errorf("%w %d:%d", errNoDevice, major, minor)
 }
 
 // readMachineCPU reads the machine's CPU time from /proc/stat.

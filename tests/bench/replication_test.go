@@ -257,3 +257,72 @@ func TestBetterRun(t *testing.T) {
 		}
 	}
 }
+
+// diskstatsSample is two lines of /proc/diskstats (kernel 6.x: 20 fields),
+// a whole disk and its partition.
+const diskstatsSample = ` 253       0 vda 1000 20 80000 500 2000 30 409600 900 0 1200 1400 0 0 0 0 10 5
+ 253       1 vda1 900 20 70000 400 1900 30 409000 800 0 1100 1200 0 0 0 0 0 0
+`
+
+func TestParseDiskstats(t *testing.T) {
+	dev := func(major, minor uint32) func([]byte) (uint64, error) {
+		return func(b []byte) (uint64, error) { return parseDiskstats(b, major, minor) }
+	}
+	checkParses(t, "parseDiskstats 253:0", dev(253, 0), []parseCase[uint64]{
+		{"whole disk", diskstatsSample, 409600 * 512, ""},
+		{"old kernel, 14 fields", " 253 0 vda 1 2 3 4 5 6 7 8 9 10 11\n", 7 * 512, ""},
+		{"missing", "   8  0 sda 1 2 3 4 5 6 7 8 9 10 11\n  253 1 vda1 1 2 3 4 5 6 7 8 9 10 11\n", 0, "no such device"},
+		{"short line", " 253 0 vda 1 2 3\n", 0, "at least 10 fields"},
+		{"not a number", " 253 0 vda 1 2 3 4 5 6 x 8 9 10 11\n", 0, "sectors written"},
+		{"overflow", " 253 0 vda 1 2 3 4 5 6 18446744073709551615 8 9 10 11\n", 0, "sectors written"},
+		{"empty", "", 0, "no such device"},
+	})
+	checkParses(t, "parseDiskstats 253:1", dev(253, 1), []parseCase[uint64]{
+		{"partition", diskstatsSample, 409000 * 512, ""},
+	})
+}
+
+func FuzzParseDiskstats(f *testing.F) {
+	f.Add([]byte(diskstatsSample), uint32(253), uint32(0))
+	f.Add([]byte(" 253 0 vda 1 2 3\n"), uint32(253), uint32(0))
+	f.Fuzz(func(t *testing.T, raw []byte, major, minor uint32) {
+		n, err := parseDiskstats(raw, major, minor)
+		if err == nil && n%512 != 0 {
+			t.Fatalf("parseDiskstats(%q, %d, %d) = %d, not whole sectors", raw, major, minor, n)
+		}
+	})
+}
+
+// TestDevMeter: the meter finds the device under a directory and sees the
+// writes of a synced file there (the tests run on a block device here).
+func TestDevMeter(t *testing.T) {
+	dir := t.TempDir()
+	m, err := newDevMeter(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.known {
+		t.Fatalf("no /proc/diskstats line for the device %d:%d under %s", m.major, m.minor, dir)
+	}
+	if err := m.start(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "written"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, 8<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	rate, err := m.rate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rate <= 0 {
+		t.Fatalf("device rate after writing and syncing 8 MiB = %v MB/s, want above 0", rate)
+	}
+}
