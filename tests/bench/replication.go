@@ -662,8 +662,9 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 		return replRun{}, err
 	}
 	machine0, err := readMachineCPU()
+	var dev0 devSample
 	if err == nil {
-		err = b.devWrites.start()
+		dev0, err = b.devWrites.sample()
 	}
 	if err != nil {
 		stopSampling()
@@ -673,8 +674,9 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	uri := "nbd+unix:///" + disk + "?socket=" + b.pri.daemon.nbdSock
 	res, ferr := replFio(ctx, b.dir, uri, j, size)
 	machine1, merr := readMachineCPU()
+	var dev1 devSample
 	if merr == nil {
-		run.devMBs, merr = b.devWrites.rate()
+		dev1, merr = b.devWrites.sample()
 	}
 	stopSampling()
 	wg.Wait()
@@ -685,6 +687,7 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 		return replRun{}, merr
 	}
 	run.steal = machine1.stealShare(machine0)
+	run.devMBs = dev1.rateSince(dev0)
 	if b.pri.daemon.exited() || b.sec.daemon.exited() {
 		return replRun{}, fmt.Errorf("a daemon exited; see %s and %s", b.pri.daemon.logPath, b.sec.daemon.logPath)
 	}
@@ -842,13 +845,19 @@ func (m machineCPU) stealShare(mark machineCPU) float64 {
 	return float64(m.steal-mark.steal) / float64(m.total-mark.total)
 }
 
-// devMeter measures the writes of the block device that holds a
-// directory, from /proc/diskstats, over a span of time.
+// devMeter reads the writes of the block device that holds a directory,
+// from /proc/diskstats.
 type devMeter struct {
 	major, minor uint32
 	known        bool // the device has a line in /proc/diskstats
-	mark         uint64
-	at           time.Time
+}
+
+// devSample is what a device had written at a moment; ok is false when
+// the device is unknown.
+type devSample struct {
+	written uint64
+	at      time.Time
+	ok      bool
 }
 
 // newDevMeter finds the device that holds dir. A file system on no block
@@ -870,30 +879,23 @@ func newDevMeter(dir string) (*devMeter, error) {
 	return m, nil
 }
 
-// start marks the device's writes so far.
-func (m *devMeter) start() error {
+// sample reads what the device has written so far.
+func (m *devMeter) sample() (devSample, error) {
 	if !m.known {
-		return nil
+		return devSample{}, nil
 	}
 	n, err := m.read()
-	m.mark, m.at = n, time.Now()
-	return err
+	return devSample{written: n, at: time.Now(), ok: err == nil}, err
 }
 
-// rate is what the device wrote since start, in MB/s; -1 when unknown.
-func (m *devMeter) rate() (float64, error) {
-	if !m.known {
-		return -1, nil
+// rateSince is what the device wrote from mark to s, in MB/s; -1 when
+// unknown.
+func (s devSample) rateSince(mark devSample) float64 {
+	secs := s.at.Sub(mark.at).Seconds()
+	if !s.ok || !mark.ok || s.written < mark.written || secs <= 0 {
+		return -1
 	}
-	n, err := m.read()
-	if err != nil {
-		return 0, err
-	}
-	secs := time.Since(m.at).Seconds()
-	if n < m.mark || secs <= 0 {
-		return -1, nil
-	}
-	return float64(n-m.mark) / secs / 1e6, nil
+	return float64(s.written-mark.written) / secs / 1e6
 }
 
 func (m *devMeter) read() (uint64, error) {
@@ -912,10 +914,10 @@ var errNoDevice = errors.New("disk stats: no such device")
 // the seventh of which (field 10) is the sectors written, always of 512
 // bytes.
 func parseDiskstats(b []byte, major, minor uint32) (uint64, error) {
-	want := []string{strconv.FormatUint(uint64(major), 10), strconv.FormatUint(uint64(minor), 10)}
+	maj, mnr := strconv.FormatUint(uint64(major), 10), strconv.FormatUint(uint64(minor), 10)
 	for line := range strings.Lines(string(b)) {
 		f := strings.Fields(line)
-		if len(f) < 3 || f[0] != want[0] || f[1] != want[1] {
+		if len(f) < 3 || f[0] != maj || f[1] != mnr {
 			continue
 		}
 		if len(f) < 10 {

@@ -304,7 +304,8 @@ func TestDevMeter(t *testing.T) {
 	if !m.known {
 		t.Fatalf("no /proc/diskstats line for the device %d:%d under %s", m.major, m.minor, dir)
 	}
-	if err := m.start(); err != nil {
+	mark, err := m.sample()
+	if err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Create(filepath.Join(dir, "written"))
@@ -318,11 +319,32 @@ func TestDevMeter(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	rate, err := m.rate()
+	now, err := m.sample()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rate <= 0 {
+	if rate := now.rateSince(mark); rate <= 0 {
 		t.Fatalf("device rate after writing and syncing 8 MiB = %v MB/s, want above 0", rate)
+	}
+}
+
+// TestDevRateSince: a rate only between two known samples that moved
+// forward.
+func TestDevRateSince(t *testing.T) {
+	t0 := time.Unix(100, 0)
+	mark := devSample{written: 1e6, at: t0, ok: true}
+	for _, tt := range []struct {
+		now  devSample
+		want float64
+	}{
+		{devSample{written: 5e6, at: t0.Add(2 * time.Second), ok: true}, 2},
+		{devSample{written: 1e6, at: t0.Add(time.Second), ok: true}, 0},
+		{devSample{written: 5e6, at: t0.Add(time.Second)}, -1},
+		{devSample{written: 5e5, at: t0.Add(time.Second), ok: true}, -1},
+		{devSample{written: 5e6, at: t0, ok: true}, -1},
+	} {
+		if got := tt.now.rateSince(mark); got != tt.want {
+			t.Errorf("%+v.rateSince(%+v) = %v, want %v", tt.now, mark, got, tt.want)
+		}
 	}
 }
