@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"bufio"
 	"crypto/tls"
 	"net"
 	"sync"
@@ -10,15 +9,12 @@ import (
 // coalesceBytes is the most a Conn gathers before it writes to the socket.
 const coalesceBytes = 256 << 10
 
-// Conn is a replication connection: TLS 1.3 over TCP, with its socket
-// I/O coalesced. crypto/tls hands the socket one write per TLS record (at
-// most 16 KiB of data), so a megabyte costs 64 system calls and as many
-// trips through the TCP stack; a Conn gathers the records of one Write
-// and writes them in pieces of up to coalesceBytes. Reading, crypto/tls
-// likewise asks the socket for about a record at a time; a Conn reads the
-// socket through a buffer of coalesceBytes, so a megabyte that has arrived
-// costs a few system calls. Deadlines and the handshake's own writes are
-// those of the tls.Conn.
+// Conn is a replication connection: TLS 1.3 over TCP, with its writes
+// coalesced. crypto/tls hands the socket one write per TLS record (at most
+// 16 KiB of data), so a megabyte costs 64 system calls and as many trips
+// through the TCP stack; a Conn gathers the records of one Write and
+// writes them in pieces of up to coalesceBytes. Reads, deadlines and the
+// handshake's own writes are those of the tls.Conn.
 type Conn struct {
 	*tls.Conn
 	out *coalescer
@@ -27,7 +23,7 @@ type Conn struct {
 
 // newConn wraps raw in TLS with cfg, client or server side.
 func newConn(raw net.Conn, cfg *tls.Config, client bool) *Conn {
-	out := newCoalescer(raw)
+	out := &coalescer{Conn: raw}
 	c := &Conn{out: out}
 	if client {
 		c.Conn = tls.Client(out, cfg)
@@ -54,24 +50,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 // coalescer is the socket under a Conn's TLS: between gather and release
 // it keeps what TLS writes and passes it on coalesceBytes at a time;
 // otherwise it writes through. TLS may write outside a Conn's Write (an
-// alert at Close), so the order of everything is kept under mu. It reads
-// the socket through a buffer of coalesceBytes.
+// alert at Close), so the order of everything is kept under mu.
 type coalescer struct {
 	net.Conn
-	in        *bufio.Reader // the socket's reads; only TLS's reader uses it
 	mu        sync.Mutex
 	gathering bool
 	buf       []byte
 }
-
-func newCoalescer(raw net.Conn) *coalescer {
-	return &coalescer{Conn: raw, in: bufio.NewReaderSize(raw, coalesceBytes)}
-}
-
-// Read is called by TLS for the next record's bytes: it takes them from
-// the read buffer, which one socket read refills with whatever has
-// arrived, up to coalesceBytes.
-func (o *coalescer) Read(p []byte) (int, error) { return o.in.Read(p) }
 
 func (o *coalescer) gather() {
 	o.mu.Lock()

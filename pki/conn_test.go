@@ -3,9 +3,7 @@ package pki
 import (
 	"bytes"
 	"errors"
-	"io"
 	"net"
-	"os"
 	"testing"
 )
 
@@ -30,7 +28,7 @@ func (r *recordingConn) Write(p []byte) (int, error) {
 // returned, not swallowed.
 func TestCoalescer(t *testing.T) {
 	raw := &recordingConn{}
-	o := newCoalescer(raw)
+	o := &coalescer{Conn: raw}
 	if _, err := o.Write([]byte("hello")); err != nil || len(raw.writes) != 1 {
 		t.Fatalf("write outside gathering: %v, %d socket writes; want it through at once", err, len(raw.writes))
 	}
@@ -66,60 +64,5 @@ func TestCoalescer(t *testing.T) {
 	}
 	if err := o.release(); !errors.Is(err, raw.fail) {
 		t.Errorf("release over a failing socket = %v, want its error", err)
-	}
-}
-
-// streamConn is a socket on which everything sent has arrived: each Read
-// takes as much of stream as fits, then err.
-type streamConn struct {
-	net.Conn
-	stream []byte
-	err    error
-	reads  int
-}
-
-func (s *streamConn) Read(p []byte) (int, error) {
-	s.reads++
-	if len(s.stream) == 0 {
-		return 0, s.err
-	}
-	n := copy(p, s.stream)
-	s.stream = s.stream[n:]
-	return n, nil
-}
-
-// TestCoalescerReads: TLS's record-sized reads take what has arrived in
-// socket reads of up to coalesceBytes, in order, and the socket's error
-// (a deadline's timeout) comes after the bytes read before it.
-func TestCoalescerReads(t *testing.T) {
-	want := make([]byte, 100*(16<<10+29))
-	for i := range want {
-		want[i] = byte(i*7 + i>>16)
-	}
-	raw := &streamConn{stream: bytes.Clone(want), err: os.ErrDeadlineExceeded}
-	o := newCoalescer(raw)
-	var got []byte
-	rec := make([]byte, 16<<10+29) // about what TLS asks for a record
-	for {
-		n, err := o.Read(rec)
-		got = append(got, rec[:n]...)
-		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Fatalf("read after %d bytes: %v, want the socket's timeout", len(got), err)
-			}
-			break
-		}
-		if n == 0 {
-			t.Fatal("read of 0 bytes and no error")
-		}
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("read %d bytes, not the %d that arrived in order", len(got), len(want))
-	}
-	if max := len(want)/coalesceBytes + 2; raw.reads > max {
-		t.Errorf("%d bytes took %d socket reads; want at most %d", len(want), raw.reads, max)
-	}
-	if _, err := io.ReadFull(o, rec[:1]); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Errorf("read after the timeout = %v, want it again", err)
 	}
 }
