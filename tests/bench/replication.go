@@ -661,11 +661,7 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 		wg.Wait()
 		return replRun{}, err
 	}
-	machine0, err := readMachineCPU()
-	var dev0 devSample
-	if err == nil {
-		dev0, err = b.devWrites.sample()
-	}
+	machine0, err := b.sampleMachine()
 	if err != nil {
 		stopSampling()
 		wg.Wait()
@@ -673,11 +669,7 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	}
 	uri := "nbd+unix:///" + disk + "?socket=" + b.pri.daemon.nbdSock
 	res, ferr := replFio(ctx, b.dir, uri, j, size)
-	machine1, merr := readMachineCPU()
-	var dev1 devSample
-	if merr == nil {
-		dev1, merr = b.devWrites.sample()
-	}
+	machine1, merr := b.sampleMachine()
 	stopSampling()
 	wg.Wait()
 	if ferr != nil {
@@ -686,8 +678,8 @@ func (b *replBench) runSized(ctx context.Context, v replVariant, j replJob, size
 	if merr != nil {
 		return replRun{}, merr
 	}
-	run.steal = machine1.stealShare(machine0)
-	run.devMBs = dev1.rateSince(dev0)
+	run.steal = machine1.cpu.stealShare(machine0.cpu)
+	run.devMBs = machine1.dev.rateSince(machine0.dev)
 	if b.pri.daemon.exited() || b.sec.daemon.exited() {
 		return replRun{}, fmt.Errorf("a daemon exited; see %s and %s", b.pri.daemon.logPath, b.sec.daemon.logPath)
 	}
@@ -843,6 +835,22 @@ func (m machineCPU) stealShare(mark machineCPU) float64 {
 		return 0
 	}
 	return float64(m.steal-mark.steal) / float64(m.total-mark.total)
+}
+
+// machineSample is the machine's CPU time and what the device under the
+// sites' data had written, read together before and after fio's run.
+type machineSample struct {
+	cpu machineCPU
+	dev devSample
+}
+
+func (b *replBench) sampleMachine() (machineSample, error) {
+	cpu, err := readMachineCPU()
+	if err != nil {
+		return machineSample{}, err
+	}
+	dev, err := b.devWrites.sample()
+	return machineSample{cpu: cpu, dev: dev}, err
 }
 
 // devMeter reads the writes of the block device that holds a directory,
