@@ -645,14 +645,16 @@ func TestShutdown(t *testing.T) {
 }
 
 // barrierMem is a Mem whose writes wait, inside the backend, until n of
-// them are in flight at once; it records the most ever in flight.
+// them are waiting at once; it records the most ever in flight. Writes of
+// a released round that have not yet returned count in flight but not as
+// waiting, so the next round waits for n writes of its own.
 type barrierMem struct {
 	*nbdtest.Mem
-	n       int
-	mu      sync.Mutex
-	cond    *sync.Cond
-	in, max int
-	round   int
+	n                int
+	mu               sync.Mutex
+	cond             *sync.Cond
+	in, max, waiting int
+	round            int
 }
 
 func (m *barrierMem) WriteAt(p []byte, off int64) (int, error) {
@@ -660,7 +662,8 @@ func (m *barrierMem) WriteAt(p []byte, off int64) (int, error) {
 	m.in++
 	m.max = max(m.max, m.in)
 	round := m.round
-	if m.in == m.n {
+	if m.waiting++; m.waiting == m.n {
+		m.waiting = 0
 		m.round++
 		m.cond.Broadcast()
 	}
@@ -671,6 +674,9 @@ func (m *barrierMem) WriteAt(p []byte, off int64) (int, error) {
 	}
 	deadline.Stop()
 	released := m.round != round
+	if !released {
+		m.waiting--
+	}
 	m.in--
 	m.mu.Unlock()
 	if !released {
