@@ -35,10 +35,11 @@ type FileOptions struct {
 	Size int64
 	// DirectWrites sends writes whose offset and length are multiples of
 	// DirectAlign through a second descriptor opened with O_DIRECT, by
-	// way of an aligned copy: for data written once and read rarely (a
-	// replica's staging area), which then costs neither the page cache's
-	// copy nor its writeback; writing a new file through the page cache
-	// is several times slower on some virtual disks. Other writes, and a
+	// way of an aligned copy: for data that is written far more than it
+	// is read (a replica's store and staging area), which then costs
+	// neither the page cache's copy nor its writeback; writing a new file
+	// through the page cache is several times slower on some virtual
+	// disks. Other writes, and a
 	// file system without O_DIRECT (tmpfs before Linux 6.6), go through
 	// the page cache.
 	// Reads stay buffered; the kernel keeps the two coherent.
