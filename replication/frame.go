@@ -281,8 +281,12 @@ type frameWriter struct {
 	// Compression must pay for its CPU: zstd costs a few milliseconds per
 	// MiB of poorly compressible data, a TLS link a tenth of that per MiB
 	// saved. After a frame that did not shrink by a quarter, the next skip
-	// frames go raw, skip doubling (up to maxSkip) while data stays so.
+	// frames go raw, skip doubling (up to maxSkip) while data stays so,
+	// unless a sample from the middle of one shrinks by a quarter: data
+	// that turns compressible is compressed from its first frame, where
+	// maxSkip frames of 4 MiB would have sent a quarter GiB raw.
 	skip, backoff int
+	sample        []byte // the compressed sample, kept for reuse
 	// headerCRC: records frames carry flagHeaderCRC (the peer speaks
 	// version 4 or later).
 	headerCRC bool
@@ -352,7 +356,9 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 	}
 	if fw.skip > 0 {
 		fw.skip--
-		return nil, false
+		if !fw.samplePays(payload) {
+			return nil, false
+		}
 	}
 	out := fw.zenc.EncodeAll(payload, fw.outBuf(len(payload))[:frameHeaderSize])
 	fw.out = out
@@ -368,6 +374,23 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 	}
 	putFrameHeader(out, typ, flagZstd|fw.flags(typ), len(payload))
 	return out, true
+}
+
+// sampleBytes is the size of the sample samplePays compresses: a
+// sixty-fourth of a 4 MiB frame.
+const sampleBytes = 64 << 10
+
+// samplePays reports whether sampleBytes from the middle of payload (past
+// the records' headers at its start) shrink by a quarter. Payloads of
+// less than two samples never do: the frame would cost little more.
+func (fw *frameWriter) samplePays(payload []byte) bool {
+	if len(payload) < 2*sampleBytes {
+		return false
+	}
+	mid := len(payload) / 2
+	in := payload[mid : mid+sampleBytes]
+	fw.sample = fw.zenc.EncodeAll(in, fw.sample[:0])
+	return len(fw.sample) <= len(in)-len(in)/4
 }
 
 // flags returns the flags a frame of type typ carries besides flagZstd.
