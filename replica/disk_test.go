@@ -799,8 +799,9 @@ func TestDiskFullDuringSync(t *testing.T) {
 
 // TestDiskApplyBypassesPageCache: records applied to the store do not
 // leave a copy of their data in the page cache when their range is
-// block-aligned (the store takes every replicated byte; the page cache's
-// copy cost the secondary about half its CPU), and reads still see them.
+// block-aligned and large (the store takes every replicated byte; the page
+// cache's copy cost the secondary about half its CPU), small ones do, and
+// reads see them all.
 func TestDiskApplyBypassesPageCache(t *testing.T) {
 	ctx := context.Background()
 	s := openReplica(t, t.TempDir(), testSize)
@@ -822,7 +823,8 @@ func TestDiskApplyBypassesPageCache(t *testing.T) {
 	}
 
 	const off, n = 256 << 10, 512 << 10
-	recs := []journal.Record{c.write(off, fill(n, 7)), c.write(off+n+100, fill(300, 8))}
+	const small = 896 << 10 // an aligned 4 KiB write: through the page cache
+	recs := []journal.Record{c.write(off, fill(n, 7)), c.write(off+n+100, fill(300, 8)), c.write(small, fill(4096, 9))}
 	if err := s.disk.AppendDurable(ctx, recs); err != nil {
 		t.Fatalf("AppendDurable: %v", err)
 	}
@@ -831,6 +833,9 @@ func TestDiskApplyBypassesPageCache(t *testing.T) {
 	}
 	if k := residentPages(t, f, off, n); k > 0 {
 		t.Errorf("%d pages of the aligned record's range are in the page cache after Apply, want none", k)
+	}
+	if k := residentPages(t, f, small, 4096); k != 1 {
+		t.Errorf("the small record's page is cached %d times after Apply, want once (a buffered write)", k)
 	}
 	for _, r := range recs {
 		apply(m.img, r)
