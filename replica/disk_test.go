@@ -113,6 +113,17 @@ func fullSync(t *testing.T, s *replicaSite, m *model, c *chain) {
 	checkImage(t, "replica after full sync", s.contents(), m.img)
 }
 
+// syncedReplica opens a replica in a new directory and runs fullSync on
+// it, from a chain at seq 10.
+func syncedReplica(t *testing.T) (*replicaSite, *chain, *model) {
+	t.Helper()
+	s := openReplica(t, t.TempDir(), testSize)
+	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
+	m := newModel()
+	fullSync(t, s, m, c)
+	return s, c, m
+}
+
 func isZeroes(b []byte) bool {
 	for _, c := range b {
 		if c != 0 {
@@ -550,10 +561,7 @@ func TestDiskSyncBlockedByHold(t *testing.T) {
 // replays them from the journal.
 func TestDiskDeferredApply(t *testing.T) {
 	ctx := context.Background()
-	s := openReplica(t, t.TempDir(), testSize)
-	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
-	m := newModel()
-	fullSync(t, s, m, c)
+	s, c, m := syncedReplica(t)
 	before := append([]byte(nil), m.img...)
 
 	r1, r2 := c.write(0, fill(6000, 1)), c.write(8192, fill(100, 2))
@@ -644,10 +652,7 @@ func TestDiskBackgroundCheckpoint(t *testing.T) {
 // durably (it never syncs the store itself), and nothing during a sync.
 func TestDiskExpire(t *testing.T) {
 	ctx := context.Background()
-	s := openReplica(t, t.TempDir(), testSize)
-	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
-	m := newModel()
-	fullSync(t, s, m, c)
+	s, c, m := syncedReplica(t)
 	synced := c.pos.Seq // the commit applied and persisted the sync's records
 
 	old := []journal.Record{c.write(0, fill(4096, 1)), c.write(4096, fill(4096, 2))}
@@ -694,10 +699,7 @@ func TestDiskExpire(t *testing.T) {
 // a rewinding resync then takes the consistent point back to it.
 func TestDiskRangesAfter(t *testing.T) {
 	ctx := context.Background()
-	s := openReplica(t, t.TempDir(), testSize)
-	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
-	m := newModel()
-	fullSync(t, s, m, c)
+	s, c, _ := syncedReplica(t)
 	recs := []journal.Record{c.write(0, fill(4096, 1)), c.write(65536, fill(8192, 2)), c.write(1<<19, fill(4096, 3))}
 	if err := s.disk.AppendReceived(ctx, recs); err != nil {
 		t.Fatalf("AppendReceived: %v", err)
@@ -804,10 +806,7 @@ func TestDiskFullDuringSync(t *testing.T) {
 // reads see them all.
 func TestDiskApplyBypassesPageCache(t *testing.T) {
 	ctx := context.Background()
-	s := openReplica(t, t.TempDir(), testSize)
-	c := &chain{pos: replication.Position{Seq: 10, Sum: 0x99}}
-	m := newModel()
-	fullSync(t, s, m, c)
+	s, c, m := syncedReplica(t)
 
 	f, err := os.Open(s.disk.StorePath())
 	if err != nil {
