@@ -39,10 +39,9 @@ type FileOptions struct {
 	// is read (a replica's store and staging area), which then costs
 	// neither the page cache's copy nor its writeback; writing a new file
 	// through the page cache is several times slower on some virtual
-	// disks. Other writes, and a
-	// file system without O_DIRECT (tmpfs before Linux 6.6), go through
-	// the page cache.
-	// Reads stay buffered; the kernel keeps the two coherent.
+	// disks. Other writes, and a file system without O_DIRECT (tmpfs
+	// before Linux 6.6), go through the page cache. Reads stay buffered;
+	// the kernel keeps the two coherent.
 	DirectWrites bool
 	// DirectMin, with DirectWrites, sends writes shorter than it through
 	// the page cache too: a small direct write waits for the device,
