@@ -91,6 +91,7 @@ type Disk struct {
 	sinceCP   int64
 	lastCP    time.Time
 	bgCP      chan struct{} // closed when the background checkpoint ends; nil when none runs
+	applying  chan struct{} // closed when the Apply writing the store ends; nil when none does
 	persists  uint64        // states persisted since Open: a background checkpoint persists only over the state it began from
 	marker    Marker        // the newest marker applied since the Disk was opened
 }
@@ -382,11 +383,20 @@ var errStopRead = errors.New("stop reading")
 // Apply is AppendReceived's second half: outside a sync it applies
 // records appended with AppendDurable to the store (those it already
 // holds are skipped; records appended before them but never applied are
-// read back from the journal), and checkpoints when due. During a sync it does
-// nothing: CommitSync applies them.
+// read back from the journal), and checkpoints when due. During a sync it
+// does nothing: CommitSync applies them.
+//
+// Apply writes the store without holding the Disk's lock, so the next
+// records' AppendDurable (the journal's write and fdatasync) runs while
+// these are applied; calls that replace or close the store, or read the
+// applied point to act on it, wait for it. It holds the store's lock
+// exclusively one record at a time: a reader of the replica waits for at
+// most one record's write, and sees the store after some record, in
+// order.
 func (d *Disk) Apply(ctx context.Context, recs []journal.Record) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitApply()
 	if err := d.usable(); err != nil {
 		return err
 	}
@@ -403,48 +413,92 @@ func (d *Disk) Apply(ctx context.Context, recs []journal.Record) error {
 	if last > d.head.Seq {
 		return fmt.Errorf("apply seq=%d..%d: the journal holds through seq=%d", recs[0].Seq, last, d.head.Seq)
 	}
-	var n int64
-	apply := func(r journal.Record) error {
-		if err := d.apply(r); err != nil {
-			d.broken = err
-			return fmt.Errorf("append received seq=%d: %w", r.Seq, err)
-		}
-		d.applied = r.Seq
-		n += r.Len
-		return nil
+	done := make(chan struct{})
+	d.applying = done
+	run := applyRun{d: d, applied: d.applied, fault: d.fault}
+	d.mu.Unlock()
+	err := run.do(ctx, recs, last)
+	d.mu.Lock()
+	d.applying = nil
+	close(done)
+	d.applied = run.applied
+	if run.marker.Seq != 0 {
+		d.marker = run.marker
 	}
-	d.rw.Lock()
-	var err error
-	if recs[0].Seq == d.applied+1 {
-		for _, r := range recs {
-			if err = apply(r); err != nil {
-				break
-			}
-		}
-	} else {
-		// Records appended but never applied (a connection that ended
-		// between the two): the journal has them, in order.
-		err = d.log.ReadFrom(ctx, d.applied+1, func(r journal.Record) error {
-			if r.Seq > last {
-				return errStopRead
-			}
-			return apply(r)
-		})
-		if errors.Is(err, errStopRead) {
-			err = nil
-		}
-		if err == nil && d.applied < last {
-			err = fmt.Errorf("apply through seq=%d: the journal ends at seq=%d", last, d.applied)
-		}
+	if run.broken != nil {
+		d.broken = run.broken // the store no longer matches the journal
 	}
-	d.rw.Unlock()
 	if err != nil {
 		return err
 	}
-	d.sinceCP += n
+	d.sinceCP += run.bytes
 	if (d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery) && d.bgCP == nil {
 		d.startCheckpoint(context.WithoutCancel(ctx))
 	}
+	return nil
+}
+
+// applyRun is one Apply's progress, kept outside the Disk's lock: the
+// last record applied, the newest marker among them, the bytes written
+// and the store's failure.
+type applyRun struct {
+	d       *Disk
+	fault   func(point string) error // d.fault, taken under d.mu
+	applied uint64
+	marker  Marker
+	bytes   int64
+	broken  error
+}
+
+// do applies recs, which end at seq last, after run.applied; records
+// between run.applied and recs[0] are read back from the journal.
+func (run *applyRun) do(ctx context.Context, recs []journal.Record, last uint64) error {
+	if recs[0].Seq == run.applied+1 {
+		for _, r := range recs {
+			if err := run.one(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Records appended but never applied (a connection that ended
+	// between the two): the journal has them, in order.
+	err := run.d.log.ReadFrom(ctx, run.applied+1, func(r journal.Record) error {
+		if r.Seq > last {
+			return errStopRead
+		}
+		return run.one(r)
+	})
+	if errors.Is(err, errStopRead) {
+		err = nil
+	}
+	if err == nil && run.applied < last {
+		err = fmt.Errorf("apply through seq=%d: the journal ends at seq=%d", last, run.applied)
+	}
+	return err
+}
+
+// one applies record r under the store's write lock.
+func (run *applyRun) one(r journal.Record) error {
+	if r.Kind == journal.KindMarker {
+		run.marker = markerOf(r)
+	} else {
+		var err error
+		if run.fault != nil {
+			err = run.fault(faultApplyRecord)
+		}
+		if err == nil {
+			run.d.rw.Lock()
+			err = run.d.write(r)
+			run.d.rw.Unlock()
+		}
+		if err != nil {
+			run.broken = fmt.Errorf("append received seq=%d: %w", r.Seq, err)
+			return run.broken
+		}
+	}
+	run.applied = r.Seq
+	run.bytes += r.Len
 	return nil
 }
 
@@ -487,22 +541,40 @@ func (d *Disk) startCheckpoint(ctx context.Context) {
 	}()
 }
 
-// waitCheckpoint waits for the background checkpoint to end, so that the
-// store can be closed or replaced. d.mu held; it is released while
-// waiting.
-func (d *Disk) waitCheckpoint() {
-	for d.bgCP != nil {
-		done := d.bgCP
-		d.mu.Unlock()
-		<-done
-		d.mu.Lock()
+// waitIdle waits for the background checkpoint and the Apply in flight
+// to end, so that the store can be closed or replaced and the applied
+// point is the store's. d.mu held; it is released while waiting.
+func (d *Disk) waitIdle() {
+	for d.bgCP != nil || d.applying != nil {
+		if d.bgCP != nil {
+			waitUnlocked(&d.mu, d.bgCP)
+		} else {
+			d.waitApply()
+		}
 	}
+}
+
+// waitApply waits for the Apply in flight to end. d.mu held; it is
+// released while waiting.
+func (d *Disk) waitApply() {
+	for d.applying != nil {
+		waitUnlocked(&d.mu, d.applying)
+	}
+}
+
+// waitUnlocked waits for done to close with mu, which the caller holds,
+// released meanwhile.
+func waitUnlocked(mu *sync.Mutex, done <-chan struct{}) {
+	mu.Unlock()
+	<-done
+	mu.Lock()
 }
 
 // catchUp re-reads the head after a failed append, waiting for records
 // still on their way to the journal, and outside a sync applies the
 // records the store lacks. d.mu held.
 func (d *Disk) catchUp(ctx context.Context) error {
+	d.waitApply()
 	for i := 0; d.log.Committed() != d.log.Head(); i++ {
 		if i >= 10000 {
 			return fmt.Errorf("catch up with the journal: records after seq=%d never committed", d.log.Committed())
@@ -534,13 +606,24 @@ func (d *Disk) catchUp(ctx context.Context) error {
 	return nil
 }
 
-// apply performs one record on the store. The caller holds rw
-// exclusively, or is Open.
+// apply performs one record on the store (a marker becomes the newest
+// marker). The caller holds d.mu, and rw exclusively or is Open.
 func (d *Disk) apply(r journal.Record) error {
 	if r.Kind == journal.KindMarker {
-		d.marker = Marker{Seq: r.Seq, Time: r.Time, Label: string(r.Data)}
+		d.marker = markerOf(r)
 		return nil
 	}
+	return d.write(r)
+}
+
+// markerOf is the recovery point of marker record r.
+func markerOf(r journal.Record) Marker {
+	return Marker{Seq: r.Seq, Time: r.Time, Label: string(r.Data)}
+}
+
+// write performs one write, zero or trim record on the store. The caller
+// holds rw exclusively, or is Open.
+func (d *Disk) write(r journal.Record) error {
 	if r.Off < 0 || r.Len < 0 || r.Off > d.size || r.Len > d.size-r.Off {
 		return fmt.Errorf("apply seq=%d: range off=%d len=%d outside %d bytes", r.Seq, r.Off, r.Len, d.size)
 	}
@@ -669,7 +752,9 @@ func (d *Disk) ReadConsistent(ctx context.Context, p []byte, off int64) error {
 }
 
 // ReadAt reads the replica at its consistent point: the NBD backend of
-// NAME@latest. A read never sees part of a batch of records or of a sync.
+// NAME@latest. A read sees the store as of some record, in the
+// primary's write order: never a later write without every earlier one,
+// part of a record, or part of a sync.
 func (d *Disk) ReadAt(p []byte, off int64) (int, error) {
 	d.rw.RLock()
 	defer d.rw.RUnlock()
@@ -732,7 +817,7 @@ func (d *Disk) StorePath() string { return filepath.Join(d.dir, storeFile) }
 func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint()
+	d.waitIdle()
 	if err := d.usable(); err != nil {
 		return nil, err
 	}
@@ -765,7 +850,7 @@ func (d *Disk) Detach(ctx context.Context) (*disk.File, error) {
 func (d *Disk) Recover(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint()
+	d.waitIdle()
 	if d.closed {
 		return ErrClosed
 	}
@@ -800,7 +885,7 @@ func (d *Disk) Recover(ctx context.Context) error {
 func (d *Disk) Close(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint()
+	d.waitIdle()
 	if d.closed {
 		return nil
 	}

@@ -594,6 +594,104 @@ func TestDiskDeferredApply(t *testing.T) {
 	checkImage(t, "replica after a crash between append and apply", readAll(t, s.disk, testSize), m.img)
 }
 
+// TestDiskApplyBesideAppend: while Apply writes a group to the store,
+// the next group's AppendDurable completes (it does not wait for the
+// store), and a reader of the replica waits for one record's write at
+// most: it sees the store as of the last record applied, in order.
+func TestDiskApplyBesideAppend(t *testing.T) {
+	ctx := context.Background()
+	s, c, m := syncedReplica(t)
+	g1 := []journal.Record{c.write(0, fill(4096, 1)), c.write(4096, fill(4096, 2)), c.write(8192, fill(4096, 3))}
+	if err := s.disk.AppendDurable(ctx, g1); err != nil {
+		t.Fatalf("AppendDurable: %v", err)
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	writes := 0
+	replica.SetFault(s.disk, func(point string) error {
+		if point == replica.FaultApplyRecord {
+			if writes++; writes == 2 {
+				close(held) // the first record is in the store
+				<-release
+			}
+		}
+		return nil
+	})
+	applied := make(chan error, 1)
+	go func() { applied <- s.disk.Apply(ctx, g1) }()
+	<-held
+
+	g2 := []journal.Record{c.write(12288, fill(4096, 4))}
+	appended := make(chan error, 1)
+	go func() { appended <- s.disk.AppendDurable(ctx, g2) }()
+	select {
+	case err := <-appended:
+		if err != nil {
+			t.Fatalf("AppendDurable beside Apply: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("AppendDurable waited for the Apply of the group before it")
+	}
+	if got := mustState(t, s.disk); got.Head != c.pos {
+		t.Errorf("head beside Apply = %+v, want %+v", got.Head, c.pos)
+	}
+	mid := append([]byte(nil), m.img...)
+	apply(mid, g1[0])
+	checkImage(t, "NBD reads beside Apply", readAll(t, s.disk, testSize), mid)
+
+	close(release)
+	if err := <-applied; err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if err := s.disk.Apply(ctx, g2); err != nil {
+		t.Fatalf("Apply of the next group: %v", err)
+	}
+	for _, r := range append(g1, g2...) {
+		apply(m.img, r)
+	}
+	checkImage(t, "NBD reads after both Applies", readAll(t, s.disk, testSize), m.img)
+	s.reopen(false)
+	checkImage(t, "replica after reopen", s.contents(), m.img)
+}
+
+// TestDiskApplyFailureBreaks: a store write that fails breaks the Disk
+// at the record before it; Recover replays the journal from there.
+func TestDiskApplyFailureBreaks(t *testing.T) {
+	ctx := context.Background()
+	s, c, m := syncedReplica(t)
+	g := []journal.Record{c.write(0, fill(4096, 1)), c.write(4096, fill(4096, 2))}
+	if err := s.disk.AppendDurable(ctx, g); err != nil {
+		t.Fatalf("AppendDurable: %v", err)
+	}
+	eio := errors.New("injected EIO")
+	writes := 0
+	replica.SetFault(s.disk, func(point string) error {
+		if point == replica.FaultApplyRecord {
+			if writes++; writes == 2 {
+				return eio
+			}
+		}
+		return nil
+	})
+	if err := s.disk.Apply(ctx, g); !errors.Is(err, eio) {
+		t.Fatalf("Apply with a failing store = %v, want %v", err, eio)
+	}
+	if err := replica.Broken(s.disk); !errors.Is(err, eio) {
+		t.Fatalf("Broken after a failed write = %v, want it to wrap %v", err, eio)
+	}
+	if got := replica.Applied(s.disk); got != g[0].Seq {
+		t.Errorf("applied after a failed write = %d, want %d", got, g[0].Seq)
+	}
+	replica.SetFault(s.disk, nil)
+	if err := s.disk.Recover(ctx); err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	for _, r := range g {
+		apply(m.img, r)
+	}
+	checkImage(t, "NBD reads after Recover", readAll(t, s.disk, testSize), m.img)
+}
+
 // TestDiskBackgroundCheckpoint: a checkpoint due in Apply runs beside the
 // next records rather than before them, and makes the records it covers
 // releasable without a Close; a crash at any moment loses none of the

@@ -2,15 +2,17 @@ package replica
 
 import "github.com/tandem-dr/tandem/replication"
 
-// Fault points of CommitSync for tests.
+// Fault points of CommitSync and Apply for tests.
 const (
-	FaultIntent  = faultIntent
-	FaultCopied  = faultCopied
-	FaultApplied = faultApplied
+	FaultIntent      = faultIntent
+	FaultCopied      = faultCopied
+	FaultApplied     = faultApplied
+	FaultApplyRecord = faultApplyRecord
 )
 
-// SetFault makes CommitSync call fn at each fault point; an error stops
-// the commit there, as a crash would.
+// SetFault makes CommitSync and Apply call fn at each fault point; an
+// error stops the commit there, as a crash would, and fails Apply's
+// write, as a failing store would.
 func SetFault(d *Disk, fn func(point string) error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -18,11 +18,13 @@ import (
 // copyChunk is the unit CommitSync copies staged regions in.
 const copyChunk = 1 << 20
 
-// Fault points of CommitSync, in order (see export_test.go).
+// Fault points of CommitSync, in order, and of Apply (see
+// export_test.go).
 const (
-	faultIntent  = "commit:intent"  // the intent is persisted
-	faultCopied  = "commit:copied"  // staged regions are in the store
-	faultApplied = "commit:applied" // records applied, store synced
+	faultIntent      = "commit:intent"  // the intent is persisted
+	faultCopied      = "commit:copied"  // staged regions are in the store
+	faultApplied     = "commit:applied" // records applied, store synced
+	faultApplyRecord = "apply:record"   // Apply is about to write a record
 )
 
 // BeginSync starts a sync, durably, discarding any sync in progress: its
@@ -34,6 +36,7 @@ const (
 func (d *Disk) BeginSync(ctx context.Context, info replication.SyncInfo) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitApply()
 	if err := d.usable(); err != nil {
 		return err
 	}
@@ -366,7 +369,7 @@ func (d *Disk) EndCopy(ctx context.Context, end replication.Position) error {
 func (d *Disk) CommitSync(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitCheckpoint() // a full sync replaces the store
+	d.waitIdle() // a full sync replaces the store
 	if err := d.usable(); err != nil {
 		return err
 	}

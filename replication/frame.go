@@ -108,10 +108,10 @@ type frameReader struct {
 
 // maxFreeBytes bounds the buffers a frameReader keeps for reuse: enough
 // for what the receiver's pipeline holds at once (the group being
-// appended, the group queued behind it, up to streamMaxBytes each, and the
-// frame being read), so that a busy connection allocates no payload
-// buffer in its steady state.
-const maxFreeBytes = 3 * streamMaxBytes
+// applied, the group being appended, the group queued behind it, up to
+// streamMaxBytes each, and the frame being read), so that a busy
+// connection allocates no payload buffer in its steady state.
+const maxFreeBytes = 4 * streamMaxBytes
 
 // take hands the caller the buffer that holds the payload of f, the frame
 // next returned last: the frameReader reads the next frames into other

@@ -450,3 +450,106 @@ func TestGroupCommit(t *testing.T) {
 		t.Errorf("appends of %v records; want [1 10]: the ten records that came while the sink was busy in one group", groups)
 	}
 }
+
+// deferredSink is a MemSink that acknowledges before it applies
+// (replication.DeferredApplier): AppendDurable appends, and Apply reports
+// each call to applies, first waiting for release when it is set.
+type deferredSink struct {
+	*replicationtest.MemSink
+	applies chan []journal.Record
+	release chan struct{}
+}
+
+func (s *deferredSink) AppendDurable(ctx context.Context, recs []journal.Record) error {
+	return s.AppendReceived(ctx, recs)
+}
+
+func (s *deferredSink) Apply(ctx context.Context, recs []journal.Record) error {
+	got := make([]journal.Record, len(recs))
+	for i, r := range recs {
+		got[i] = r
+		got[i].Data = bytes.Clone(r.Data) // the receiver reuses the buffers after Apply
+	}
+	s.applies <- got
+	if s.release != nil {
+		<-s.release
+	}
+	return nil
+}
+
+// TestApplyBesideNextAppend: the receiver acknowledges a group once it is
+// appended, while the group before it is still being applied; the groups
+// are applied in order, each with its own records intact.
+func TestApplyBesideNextAppend(t *testing.T) {
+	sink := &deferredSink{MemSink: replicationtest.NewMemSink(diskSize), applies: make(chan []journal.Record, 4), release: make(chan struct{})}
+	var _ replication.DeferredApplier = sink
+	srv, err := replication.NewServer(replication.ServerConfig{
+		Logger: (&logBuffer{}).logger(),
+		Lookup: func(context.Context, string, string) (replication.Sink, error) { return sink, nil },
+	})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	c, next, typ, _ := handshake(t, ln.Addr().String(), "vm1", diskSize, 1, replication.ProtocolVersion)
+	if typ != replication.FrameWelcome {
+		t.Fatalf("answer frame type %d; want welcome", typ)
+	}
+	write := func(b []byte) {
+		t.Helper()
+		if _, err := c.Write(b); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	waitAck := func(seq uint64) {
+		t.Helper()
+		for {
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			typ, p, err := next()
+			if err != nil {
+				close(sink.release)
+				t.Fatalf("no acknowledgement of seq=%d while the group before it is applied: %v", seq, err)
+			}
+			if typ != replication.FrameAck {
+				continue
+			}
+			if got, err := replication.AckedConsistent(p); err != nil || got >= seq {
+				return
+			}
+		}
+	}
+	write(replication.EncodeFrame(replication.FrameSyncBegin, replication.EncodeSyncBegin(7, true, replication.Position{}, 0), false))
+	write(replication.EncodeFrame(replication.FrameSyncEnd, replication.EncodeSyncEnd(7, replication.Position{}), false))
+	recs := sealed(2, 4096)
+	write(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs[:1]), false))
+	waitAck(1)
+	var applied [][]journal.Record
+	select {
+	case g := <-sink.applies: // and it waits for release
+		applied = append(applied, g)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first group was never applied")
+	}
+	write(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs[1:]), false))
+	waitAck(2)
+	close(sink.release)
+	select {
+	case g := <-sink.applies:
+		applied = append(applied, g)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second group was never applied")
+	}
+	for i, g := range applied {
+		if len(g) != 1 || g[0].Seq != recs[i].Seq || !bytes.Equal(g[0].Data, recs[i].Data) {
+			t.Errorf("apply %d got %d records (first seq=%d), want seq=%d with its data", i, len(g), g[0].Seq, recs[i].Seq)
+		}
+	}
+}

@@ -145,8 +145,11 @@ type ChainChecker interface {
 // (the records are in the journal, durably: the head and, outside a sync,
 // the consistent point move over them) and Apply its second (the store
 // shows them). The receiver's pipelined path calls AppendDurable,
-// acknowledges, then calls Apply with the same records, before any other
-// call; the acknowledgement no longer waits for the store.
+// acknowledges, then calls Apply with the same records from another
+// goroutine, while it calls AppendDurable with the next records: the
+// acknowledgement waits for neither this group's store writes nor the
+// last group's. Apply calls come in order, one at a time, and every
+// call other than AppendDurable waits until the last Apply returned.
 type DeferredApplier interface {
 	AppendDurable(ctx context.Context, recs []journal.Record) error
 	Apply(ctx context.Context, recs []journal.Record) error

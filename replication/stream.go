@@ -13,9 +13,12 @@ import (
 // in progress), records frames are decoded in place, verified and added
 // to the queued group, which the appender goroutine takes as soon as it
 // is idle: it appends the group to the sink, durably, and acknowledges
-// it (then, for a DeferredApplier, applies it to the store), while the
-// receiver already reads, decrypts and verifies the next frames into the
-// next group. So a record never waits for the network, and the slower the
+// it, while the receiver already reads, decrypts and verifies the next
+// frames into the next group. For a DeferredApplier the appender then
+// hands the group to the applier goroutine, which applies it to the store
+// while the appender appends the next group: the acknowledgement of a
+// group waits for the journal's write of the group before it, never for
+// the store's. So a record never waits for the network, and the slower the
 // sink the larger its groups, each paying for one fdatasync (group
 // commit). A full group makes the receiver wait, which is the pipeline's
 // backpressure. During a sync, the appender likewise stages each region
@@ -109,29 +112,39 @@ func (g *group) open() bool {
 	return g.bytes < streamMaxBytes && len(g.recs) < groupMaxRecords
 }
 
-// appender is the state the receiver shares with its appender goroutine:
-// one job queued and one running at most. The goroutine takes the queued
-// job as soon as it is idle; the receiver adds records to a queued group
-// until it is taken.
+// appender is the state the receiver shares with its appender and
+// applier goroutines: one job queued and one running at most, and one
+// appended group being applied. The appender takes the queued job as soon
+// as it is idle; the receiver adds records to a queued group until it is
+// taken. The appender hands an appended group to the applier once the
+// applier is idle.
 type appender struct {
-	mu      sync.Mutex
-	wake    sync.Cond // broadcast on every change below
-	queued  job       // handed over, not yet taken
-	running bool      // the goroutine is doing a job
-	err     error     // the first job's error: no job is done after it
-	stopped bool
-	done    sync.WaitGroup
+	mu       sync.Mutex
+	wake     sync.Cond // broadcast on every change below
+	queued   job       // handed over, not yet taken
+	running  bool      // the appender is doing a job
+	toApply  *group    // appended, not yet taken by the applier
+	applying bool      // the applier is applying a group
+	err      error     // the first error: no job is done after it
+	stopped  bool      // the receiver is done handing over jobs
+	ended    bool      // the appender goroutine returned: nothing more to apply
+	done     sync.WaitGroup
 }
 
 // startAppender starts the goroutine that does the handed-over jobs.
 func (r *receiver) startAppender(ctx context.Context) {
 	a := &r.ap
 	a.wake.L = &a.mu
-	a.done.Add(1)
+	a.done.Add(2)
+	go r.applyGroups(ctx)
 	go func() {
 		defer a.done.Done()
 		a.mu.Lock()
 		defer a.mu.Unlock()
+		defer func() {
+			a.ended = true
+			a.wake.Broadcast()
+		}()
 		for {
 			for (a.queued == nil || a.err != nil) && !a.stopped {
 				a.wake.Wait()
@@ -154,9 +167,72 @@ func (r *receiver) startAppender(ctx context.Context) {
 	}()
 }
 
+// applyGroups is the applier goroutine: it applies the groups the
+// appender hands it, in order, until the appender has ended and handed
+// over its last. A group appended durably is applied even after a
+// failure: the store follows the journal, whatever becomes of the
+// connection.
+func (r *receiver) applyGroups(ctx context.Context) {
+	a := &r.ap
+	defer a.done.Done()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for {
+		for a.toApply == nil && !a.ended {
+			a.wake.Wait()
+		}
+		g := a.toApply
+		if g == nil {
+			return
+		}
+		a.toApply, a.applying = nil, true
+		a.wake.Broadcast()
+		a.mu.Unlock()
+		err := r.applyGroup(ctx, g)
+		a.mu.Lock()
+		a.applying = false
+		if err != nil && a.err == nil {
+			a.err = err
+			_ = r.conn.SetReadDeadline(time.Now()) // the reader stops
+		}
+		a.wake.Broadcast()
+	}
+}
+
+// applyGroup applies g, appended durably, to the DeferredApplier sink and
+// gives back its buffers.
+func (r *receiver) applyGroup(ctx context.Context, g *group) error {
+	defer r.release(g)
+	if err := r.sink.(DeferredApplier).Apply(ctx, g.recs); err != nil {
+		first, last := g.recs[0].Seq, g.recs[len(g.recs)-1].Seq
+		return refuse(errCodeSink, fmt.Errorf("apply received seq=%d..%d: %w", first, last, err))
+	}
+	return nil
+}
+
+// release drops g's references to its frame buffers and gives them back.
+func (r *receiver) release(g *group) {
+	clear(g.recs)
+	r.fr.recycle(g.bufs)
+}
+
+// handToApplier hands g, appended durably, to the applier once it is
+// idle.
+func (r *receiver) handToApplier(g *group) {
+	a := &r.ap
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.toApply != nil || a.applying {
+		a.wake.Wait()
+	}
+	a.toApply = g
+	a.wake.Broadcast()
+}
+
 // appendGroup appends g to the sink, durably, moves the head and the
-// consistent point over it and acknowledges them. On failure it wakes the
-// receiver's read, which then returns the appender's error.
+// consistent point over it and acknowledges them; a DeferredApplier's
+// group then goes to the applier. On failure it wakes the receiver's
+// read, which then returns the appender's error.
 func (r *receiver) appendGroup(ctx context.Context, g *group) error {
 	first, last := g.recs[0].Seq, g.recs[len(g.recs)-1].Seq
 	da, deferred := r.sink.(DeferredApplier)
@@ -174,15 +250,13 @@ func (r *receiver) appendGroup(ctx context.Context, g *group) error {
 		r.st.Consistent = g.next.Seq
 		err = r.ack()
 	}
-	if deferred && (err == nil || durable) {
+	if deferred && durable {
 		// Acknowledged (or the link failed after the append): the store
 		// follows, whatever becomes of the connection.
-		if aerr := da.Apply(ctx, g.recs); aerr != nil && err == nil {
-			err = refuse(errCodeSink, fmt.Errorf("apply received seq=%d..%d: %w", first, last, aerr))
-		}
+		r.handToApplier(g)
+	} else {
+		r.release(g)
 	}
-	clear(g.recs) // drop references to the buffers
-	r.fr.recycle(g.bufs)
 	if err != nil {
 		_ = r.conn.SetReadDeadline(time.Now()) // the reader stops
 	}
@@ -212,17 +286,18 @@ func (r *receiver) drain() error {
 	return a.idleLocked()
 }
 
-// idleLocked waits until no job is queued or running, or one failed.
+// idleLocked waits until no job is queued or running and no group is
+// being applied, or one failed.
 func (a *appender) idleLocked() error {
-	for a.err == nil && (a.queued != nil || a.running) {
+	for a.err == nil && (a.queued != nil || a.running || a.toApply != nil || a.applying) {
 		a.wake.Wait()
 	}
 	return a.err
 }
 
 // stopAppender waits for the appender to do the jobs queued (the records
-// received are sound, though the connection may be gone) and returns the
-// error of a job that failed.
+// received are sound, though the connection may be gone) and the applier
+// to apply what was appended, and returns the error of a job that failed.
 func (r *receiver) stopAppender() error {
 	a := &r.ap
 	a.mu.Lock()
