@@ -212,6 +212,7 @@ const (
 	ErrCodeCorrupt     = errCodeCorrupt
 	ErrCodeUnknownDisk = errCodeUnknownDisk
 	ErrCodeVersion     = errCodeVersion
+	ErrCodeSink        = errCodeSink
 )
 
 // FrameFlags encodes payloads as frames of typ on one compressing writer

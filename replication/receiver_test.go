@@ -453,11 +453,13 @@ func TestGroupCommit(t *testing.T) {
 
 // deferredSink is a MemSink that acknowledges before it applies
 // (replication.DeferredApplier): AppendDurable appends, and Apply reports
-// each call to applies, first waiting for release when it is set.
+// each call to applies, then waits for release when it is set and fails
+// with fail when it is set.
 type deferredSink struct {
 	*replicationtest.MemSink
 	applies chan []journal.Record
 	release chan struct{}
+	fail    error
 }
 
 func (s *deferredSink) AppendDurable(ctx context.Context, recs []journal.Record) error {
@@ -474,7 +476,7 @@ func (s *deferredSink) Apply(ctx context.Context, recs []journal.Record) error {
 	if s.release != nil {
 		<-s.release
 	}
-	return nil
+	return s.fail
 }
 
 // TestApplyBesideNextAppend: the receiver acknowledges a group once it is
@@ -482,27 +484,7 @@ func (s *deferredSink) Apply(ctx context.Context, recs []journal.Record) error {
 // are applied in order, each with its own records intact.
 func TestApplyBesideNextAppend(t *testing.T) {
 	sink := &deferredSink{MemSink: replicationtest.NewMemSink(diskSize), applies: make(chan []journal.Record, 4), release: make(chan struct{})}
-	var _ replication.DeferredApplier = sink
-	srv, err := replication.NewServer(replication.ServerConfig{
-		Logger: (&logBuffer{}).logger(),
-		Lookup: func(context.Context, string, string) (replication.Sink, error) { return sink, nil },
-	})
-	if err != nil {
-		t.Fatalf("NewServer: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	c, next, typ, _ := handshake(t, ln.Addr().String(), "vm1", diskSize, 1, replication.ProtocolVersion)
-	if typ != replication.FrameWelcome {
-		t.Fatalf("answer frame type %d; want welcome", typ)
-	}
+	c, next := serveSynced(t, sink)
 	write := func(b []byte) {
 		t.Helper()
 		if _, err := c.Write(b); err != nil {
@@ -526,8 +508,6 @@ func TestApplyBesideNextAppend(t *testing.T) {
 			}
 		}
 	}
-	write(replication.EncodeFrame(replication.FrameSyncBegin, replication.EncodeSyncBegin(7, true, replication.Position{}, 0), false))
-	write(replication.EncodeFrame(replication.FrameSyncEnd, replication.EncodeSyncEnd(7, replication.Position{}), false))
 	recs := sealed(2, 4096)
 	write(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(recs[:1]), false))
 	waitAck(1)
@@ -552,4 +532,61 @@ func TestApplyBesideNextAppend(t *testing.T) {
 			t.Errorf("apply %d got %d records (first seq=%d), want seq=%d with its data", i, len(g), g[0].Seq, recs[i].Seq)
 		}
 	}
+}
+
+// TestApplyFailureRefused: a store that fails to apply an acknowledged
+// group ends the connection with a sink error frame that says why.
+func TestApplyFailureRefused(t *testing.T) {
+	sink := &deferredSink{MemSink: replicationtest.NewMemSink(diskSize), applies: make(chan []journal.Record, 4), fail: errors.New("injected EIO")}
+	c, next := serveSynced(t, sink)
+	if _, err := c.Write(replication.EncodeFrame(replication.FrameRecords, replication.EncodeRecords(sealed(1, 4096)), false)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		typ, p, err := next()
+		if err != nil {
+			t.Fatalf("no error frame after a failed apply: %v", err)
+		}
+		if typ != replication.FrameAck {
+			wantErrorFrame(t, typ, p, replication.ErrCodeSink, "apply received seq=1..1: injected EIO")
+			return
+		}
+	}
+}
+
+// serveSynced serves sink on a new server, connects to it and runs an
+// empty full sync, so that records frames take the pipelined path. It
+// returns the connection and its frame reader.
+func serveSynced(t *testing.T, sink replication.Sink) (net.Conn, func() (uint8, []byte, error)) {
+	t.Helper()
+	srv, err := replication.NewServer(replication.ServerConfig{
+		Logger: (&logBuffer{}).logger(),
+		Lookup: func(context.Context, string, string) (replication.Sink, error) { return sink, nil },
+	})
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	c, next, typ, _ := handshake(t, ln.Addr().String(), "vm1", diskSize, 1, replication.ProtocolVersion)
+	if typ != replication.FrameWelcome {
+		t.Fatalf("answer frame type %d; want welcome", typ)
+	}
+	for _, f := range [][]byte{
+		replication.EncodeFrame(replication.FrameSyncBegin, replication.EncodeSyncBegin(7, true, replication.Position{}, 0), false),
+		replication.EncodeFrame(replication.FrameSyncEnd, replication.EncodeSyncEnd(7, replication.Position{}), false),
+	} {
+		if _, err := c.Write(f); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	return c, next
 }

@@ -153,18 +153,25 @@ func (r *receiver) startAppender(ctx context.Context) {
 				return // stopped
 			}
 			j := a.queued
-			a.queued, a.running = nil, true
-			a.wake.Broadcast()
-			a.mu.Unlock()
-			err := j.do(ctx, r)
-			a.mu.Lock()
-			a.running = false
-			if err != nil {
-				a.err = err
-			}
-			a.wake.Broadcast()
+			a.queued = nil
+			a.run(&a.running, func() error { return j.do(ctx, r) })
 		}
 	}()
+}
+
+// run calls fn with a.mu released and *busy set meanwhile, and keeps its
+// error as a.err unless an earlier one is there. a.mu held.
+func (a *appender) run(busy *bool, fn func() error) {
+	*busy = true
+	a.wake.Broadcast()
+	a.mu.Unlock()
+	err := fn()
+	a.mu.Lock()
+	*busy = false
+	if err != nil && a.err == nil {
+		a.err = err
+	}
+	a.wake.Broadcast()
 }
 
 // applyGroups is the applier goroutine: it applies the groups the
@@ -185,25 +192,18 @@ func (r *receiver) applyGroups(ctx context.Context) {
 		if g == nil {
 			return
 		}
-		a.toApply, a.applying = nil, true
-		a.wake.Broadcast()
-		a.mu.Unlock()
-		err := r.applyGroup(ctx, g)
-		a.mu.Lock()
-		a.applying = false
-		if err != nil && a.err == nil {
-			a.err = err
-			_ = r.conn.SetReadDeadline(time.Now()) // the reader stops
-		}
-		a.wake.Broadcast()
+		a.toApply = nil
+		a.run(&a.applying, func() error { return r.applyGroup(ctx, g) })
 	}
 }
 
 // applyGroup applies g, appended durably, to the DeferredApplier sink and
-// gives back its buffers.
+// gives back its buffers. On failure it wakes the receiver's read, which
+// then returns the error.
 func (r *receiver) applyGroup(ctx context.Context, g *group) error {
 	defer r.release(g)
 	if err := r.sink.(DeferredApplier).Apply(ctx, g.recs); err != nil {
+		_ = r.conn.SetReadDeadline(time.Now()) // the reader stops
 		first, last := g.recs[0].Seq, g.recs[len(g.recs)-1].Seq
 		return refuse(errCodeSink, fmt.Errorf("apply received seq=%d..%d: %w", first, last, err))
 	}
