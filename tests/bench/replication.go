@@ -183,7 +183,9 @@ type replBench struct {
 // of the rounds counts, so load from the neighbours of a shared machine
 // penalises all alike. It also reports the bytes on the wire against the
 // bytes written on a mixed workload (half compressible) with zstd and
-// without, and the peak RSS (VmHWM) of each daemon. It reports, not
+// without, and the peak RSS (VmHWM) of each daemon; and, for reference,
+// line 3 again with both sites' data in tmpfs, which takes the one device
+// both sites share here out of the comparison. It reports, not
 // fails: it returns an error only when it could not measure. With
 // TANDEM_BENCH_PERF=DIR it then profiles the primary daemon with `perf
 // record -g` under each line that fell short.
@@ -232,20 +234,13 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	type lineVariant struct{ line, variant string }
 	all := map[lineVariant][]replRun{} // every run of a line's variant, in order
 	for _, l := range lines {
-		best[l.job.name] = map[string]replRun{}
-		for r := range rounds {
-			for k := range l.variants {
-				v := l.variants[(k+r)%len(l.variants)] // rotate who runs first
-				run, err := b.run(ctx, v, l.job, false)
-				if err != nil {
-					return fmt.Errorf("%s, replication %s: %w", l.job.name, v.name, err)
-				}
-				lv := lineVariant{l.job.name, v.name}
-				all[lv] = append(all[lv], run)
-				if better(run, best[l.job.name][v.name]) {
-					best[l.job.name][v.name] = run
-				}
-			}
+		lineBest, lineAll, err := b.interleave(ctx, l.job, l.variants, rounds)
+		if err != nil {
+			return err
+		}
+		best[l.job.name] = lineBest
+		for v, runs := range lineAll {
+			all[lineVariant{l.job.name, v}] = runs
 		}
 	}
 
@@ -294,6 +289,11 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	}
 	priPeak, _ := b.pri.rss.stop()
 	secPeak, _ := b.sec.rss.stop()
+	// The sync line again with both sites' data in memory, for reference.
+	memBest, memNote, err := b.inMemory(ctx, seq, []replVariant{replAsync, replSync}, rounds)
+	if err != nil {
+		return fmt.Errorf("sync mode in memory: %w", err)
+	}
 
 	// The table.
 	fmt.Printf("two daemons on loopback (mutual TLS), fio nbd engine on the primary's unix socket; a fresh %d MiB disk per run,\n"+
@@ -378,6 +378,19 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	asHeld, syHeld := as.heldRate(), sy.heldRate()
 	fmt.Printf("  held by the secondary, over fio's run and the drain: async %.0f MB/s (drain %.1fs), sync %.0f MB/s (drain %.1fs); ratio %.2fx (for reference)\n",
 		asHeld, as.drain.Seconds(), syHeld, sy.drain.Seconds(), safeRatio(syHeld, asHeld))
+	// Both sites share this machine's one device, which sync mode makes
+	// write every byte four times (the journal and the store of each)
+	// before fio's run ends, where async leaves the secondary's share to
+	// its drain. The same runs on tmpfs take the device out and show
+	// what the pipeline itself (batching, copying, the link) allows.
+	if memNote != "" {
+		fmt.Printf("  with both sites' data in memory: not measured (%s)\n", memNote)
+	} else {
+		mas, msy := memBest["async"], memBest["sync"]
+		fmt.Printf("  with both sites' data in memory (tmpfs, best of %d; the device taken out, for reference): async %.0f MB/s, sync %.0f MB/s\n"+
+			"    (write clat p50 %s, p99 %s); ratio %.2fx\n",
+			rounds, mas.fio.mbs, msy.fio.mbs, ms(msy.fio.clatP50), ms(msy.fio.clatP99), safeRatio(msy.fio.iops, mas.fio.iops))
+	}
 
 	lags := steadyBest.lags
 	reached := steadyBest.fio.mbs*1e6 >= replSteadyReach*replSteadyBps
@@ -426,6 +439,58 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 		fmt.Printf("replication: %d of 4 lines fall short of issue 5's targets\n", len(short))
 	}
 	return nil
+}
+
+// interleave runs job rounds times in each variant, rotating which
+// variant runs first, and returns each variant's best run and all its
+// runs in order.
+func (b *replBench) interleave(ctx context.Context, job replJob, variants []replVariant, rounds int) (map[string]replRun, map[string][]replRun, error) {
+	best, all := map[string]replRun{}, map[string][]replRun{}
+	for r := range rounds {
+		for k := range variants {
+			v := variants[(k+r)%len(variants)]
+			run, err := b.run(ctx, v, job, false)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%s, replication %s: %w", job.name, v.name, err)
+			}
+			all[v.name] = append(all[v.name], run)
+			if better(run, best[v.name]) {
+				best[v.name] = run
+			}
+		}
+	}
+	return best, all, nil
+}
+
+// memDir is where inMemory puts the sites' data: tmpfs on Debian.
+const memDir = "/dev/shm"
+
+// inMemory runs job in each variant, as interleave does, on a second pair
+// of sites whose data lives in tmpfs, after one unmeasured run as the
+// suite's. With no tmpfs at memDir it measures nothing and says why.
+func (b *replBench) inMemory(ctx context.Context, job replJob, variants []replVariant, rounds int) (map[string]replRun, string, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(memDir, &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
+		return nil, memDir + " is not tmpfs", nil
+	}
+	dir, err := os.MkdirTemp(memDir, "tandem-bench-")
+	if err != nil {
+		return nil, "", err
+	}
+	defer os.RemoveAll(dir)
+	m := &replBench{env: b.env, dir: dir, diskSize: b.diskSize, workSet: b.workSet}
+	defer func() { b.cleanup = append(b.cleanup, m.cleanup...) }()
+	if err := m.start(ctx); err != nil {
+		return nil, "", err
+	}
+	defer m.stop()
+	warm := job
+	warm.runtime *= 2
+	if _, err := m.run(ctx, replAsync, warm, false); err != nil {
+		return nil, "", fmt.Errorf("warm-up run: %w", err)
+	}
+	best, _, err := m.interleave(ctx, job, variants, rounds)
+	return best, "", err
 }
 
 // replShort is a line that fell short: what to profile.
