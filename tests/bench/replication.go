@@ -225,10 +225,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	// with replication on, twice as long as a measured one so that it
 	// builds more lag than they do, fills the pool first, as for a
 	// running site.
-	warm := seq
-	warm.runtime *= 2
-	if _, err := b.run(ctx, replAsync, warm, false); err != nil {
-		return fmt.Errorf("warm-up run: %w", err)
+	if err := b.warmUp(ctx, seq); err != nil {
+		return err
 	}
 	best := map[string]map[string]replRun{}
 	type lineVariant struct{ line, variant string }
@@ -462,6 +460,16 @@ func (b *replBench) interleave(ctx context.Context, job replJob, variants []repl
 	return best, all, nil
 }
 
+// warmUp is the unmeasured run before a pair's first measured one: job
+// with replication on, twice as long.
+func (b *replBench) warmUp(ctx context.Context, job replJob) error {
+	job.runtime *= 2
+	if _, err := b.run(ctx, replAsync, job, false); err != nil {
+		return fmt.Errorf("warm-up run: %w", err)
+	}
+	return nil
+}
+
 // memDir is where inMemory puts the sites' data: tmpfs on Debian.
 const memDir = "/dev/shm"
 
@@ -484,10 +492,8 @@ func (b *replBench) inMemory(ctx context.Context, job replJob, variants []replVa
 		return nil, "", err
 	}
 	defer m.stop()
-	warm := job
-	warm.runtime *= 2
-	if _, err := m.run(ctx, replAsync, warm, false); err != nil {
-		return nil, "", fmt.Errorf("warm-up run: %w", err)
+	if err := m.warmUp(ctx, job); err != nil {
+		return nil, "", err
 	}
 	best, _, err := m.interleave(ctx, job, variants, rounds)
 	return best, "", err
