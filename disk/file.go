@@ -43,11 +43,6 @@ type FileOptions struct {
 	// before Linux 6.6), go through the page cache. Reads stay buffered;
 	// the kernel keeps the two coherent.
 	DirectWrites bool
-	// DirectMin, with DirectWrites, sends writes shorter than it through
-	// the page cache too: a small direct write waits for the device,
-	// where a small buffered one costs little, and a caller that holds
-	// readers off while it writes wants it short.
-	DirectMin int
 }
 
 // DirectAlign is the alignment of offsets, lengths and buffers of
@@ -64,14 +59,13 @@ const DirectAlign = aligned.Size
 // through every handle of the same file, so flushes are visible across
 // connections (CanMultiConn).
 type File struct {
-	f         *os.File
-	fd        int
-	size      int64
-	block     bool
-	readOnly  bool
-	direct    *os.File  // O_DIRECT descriptor of DirectWrites, nil without
-	minDirect int       // DirectMin
-	aligned   sync.Pool // *[]byte aligned to DirectAlign, for direct writes
+	f        *os.File
+	fd       int
+	size     int64
+	block    bool
+	readOnly bool
+	direct   *os.File  // O_DIRECT descriptor of DirectWrites, nil without
+	aligned  sync.Pool // *[]byte aligned to DirectAlign, for direct writes
 }
 
 var (
@@ -133,7 +127,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		df, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
 		switch {
 		case err == nil:
-			d.direct, d.minDirect = df, opts.DirectMin
+			d.direct = df
 		case !errors.Is(err, unix.EINVAL):
 			f.Close()
 			return nil, fmt.Errorf("open disk %s for direct writes: %w", path, err)
@@ -166,7 +160,7 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > d.size {
 		return 0, fmt.Errorf("write disk off=%d len=%d: %w", off, len(p), ErrOutOfRange)
 	}
-	if d.direct != nil && off%DirectAlign == 0 && len(p)%DirectAlign == 0 && len(p) > 0 && len(p) >= d.minDirect {
+	if d.direct != nil && off%DirectAlign == 0 && len(p)%DirectAlign == 0 && len(p) > 0 {
 		return d.writeDirect(p, off)
 	}
 	n, err := d.f.WriteAt(p, off)

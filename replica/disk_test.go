@@ -5,16 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/tandem-dr/tandem/journal"
 	"github.com/tandem-dr/tandem/replica"
@@ -895,67 +891,4 @@ func TestDiskFullDuringSync(t *testing.T) {
 		t.Fatalf("CommitSync: %v", err)
 	}
 	checkImage(t, "replica after a sync through a full file system", s.contents(), want)
-}
-
-// TestDiskApplyBypassesPageCache: records applied to the store do not
-// leave a copy of their data in the page cache when their range is
-// block-aligned and large (the store takes every replicated byte; the page
-// cache's copy cost the secondary about half its CPU), small ones do, and
-// reads see them all.
-func TestDiskApplyBypassesPageCache(t *testing.T) {
-	ctx := context.Background()
-	s, c, m := syncedReplica(t)
-
-	f, err := os.Open(s.disk.StorePath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	// Start from a store with nothing cached.
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-		t.Fatal(err)
-	}
-
-	const off, n = 256 << 10, 512 << 10
-	const small = 896 << 10 // an aligned 4 KiB write: through the page cache
-	recs := []journal.Record{c.write(off, fill(n, 7)), c.write(off+n+100, fill(300, 8)), c.write(small, fill(4096, 9))}
-	if err := s.disk.AppendDurable(ctx, recs); err != nil {
-		t.Fatalf("AppendDurable: %v", err)
-	}
-	if err := s.disk.Apply(ctx, recs); err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
-	if k := residentPages(t, f, off, n); k > 0 {
-		t.Errorf("%d pages of the aligned record's range are in the page cache after Apply, want none", k)
-	}
-	if k := residentPages(t, f, small, 4096); k != 1 {
-		t.Errorf("the small record's page is cached %d times after Apply, want once (a buffered write)", k)
-	}
-	for _, r := range recs {
-		apply(m.img, r)
-	}
-	checkImage(t, "reads after Apply", readAll(t, s.disk, testSize), m.img)
-}
-
-// residentPages counts the pages of f's range [off, off+n) in the page
-// cache.
-func residentPages(t *testing.T, f *os.File, off, n int64) int {
-	t.Helper()
-	b, err := unix.Mmap(int(f.Fd()), off, int(n), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mmap store: %v", err)
-	}
-	defer unix.Munmap(b)
-	vec := make([]byte, (n+int64(os.Getpagesize())-1)/int64(os.Getpagesize()))
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-		t.Fatalf("mincore store: %v", e)
-	}
-	k := 0
-	for _, v := range vec {
-		k += int(v & 1)
-	}
-	return k
 }
