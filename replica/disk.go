@@ -692,9 +692,12 @@ func (d *Disk) Release(ctx context.Context, upTo uint64) error {
 // Expire releases the retention journal's records written before t (by
 // the primary's clock, Record.Time) that the store holds durably: the
 // daemon's retention policy calls it with now minus the disk's retention.
-// Unlike Release it never syncs the store itself (Apply's checkpoints move
-// the durable point), so it never holds up the receiver.
-// During a sync nothing is released. It returns the journal's base.
+// Unlike Release it never syncs the store itself, so it never holds up the
+// receiver: when records past the store's durable point have expired, it
+// starts a background checkpoint, which lets a later call release them,
+// rather than leave them to the next one Apply starts (up to
+// CheckpointEvery later). During a sync nothing is released. It returns
+// the journal's base.
 func (d *Disk) Expire(ctx context.Context, t time.Time) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -704,7 +707,11 @@ func (d *Disk) Expire(ctx context.Context, t time.Time) (uint64, error) {
 	if err := d.usable(); err != nil {
 		return 0, err
 	}
-	return d.releaseLocked(ctx, d.log.Before(t), false)
+	upTo := d.log.Before(t)
+	if upTo > d.st.Applied && d.bgCP == nil {
+		d.startCheckpoint(context.WithoutCancel(ctx))
+	}
+	return d.releaseLocked(ctx, upTo, false)
 }
 
 // releaseLocked moves the retention hold up to upTo, but not past what the
