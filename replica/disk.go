@@ -433,8 +433,8 @@ func (d *Disk) Apply(ctx context.Context, recs []journal.Record) error {
 		return err
 	}
 	d.sinceCP += run.bytes
-	if (d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery) && d.bgCP == nil {
-		d.startCheckpoint(context.WithoutCancel(ctx))
+	if d.sinceCP >= d.opts.CheckpointBytes || time.Since(d.lastCP) >= d.opts.CheckpointEvery {
+		d.startCheckpoint(ctx)
 	}
 	return nil
 }
@@ -508,8 +508,14 @@ func (run *applyRun) one(r journal.Record) error {
 // applied while the store's fdatasync runs: the journal's O_DIRECT
 // appends and the store's writeback overlap instead of taking turns. The
 // fdatasync covers every store write that returned before it began, so
-// the applied point taken now is durable once it returns. d.mu held.
+// the applied point taken now is durable once it returns. It does
+// nothing while one runs; the checkpoint outlives ctx's cancellation.
+// d.mu held.
 func (d *Disk) startCheckpoint(ctx context.Context) {
+	if d.bgCP != nil {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
 	d.sinceCP = 0
 	d.lastCP = time.Now()
 	if d.st.Sync != nil || !d.st.Initialized || d.applied == d.st.Applied {
@@ -708,8 +714,8 @@ func (d *Disk) Expire(ctx context.Context, t time.Time) (uint64, error) {
 		return 0, err
 	}
 	upTo := d.log.Before(t)
-	if upTo > d.st.Applied && d.bgCP == nil {
-		d.startCheckpoint(context.WithoutCancel(ctx))
+	if upTo > d.st.Applied {
+		d.startCheckpoint(ctx)
 	}
 	return d.releaseLocked(ctx, upTo, false)
 }
