@@ -296,6 +296,38 @@ func TestTapFullJournalCheckpointsWhenOnlyApplyHolds(t *testing.T) {
 	}
 }
 
+// TestTapCheckpointBytesFollowJournalLimit: by default a checkpoint is
+// due after a quarter of the journal's limit when that is less than
+// DefaultCheckpointBytes, so a small journal releases records long before
+// it fills, without waiting for the periodic checkpoint.
+func TestTapCheckpointBytesFollowJournalLimit(t *testing.T) {
+	opts := journaltest.Options()
+	opts.MaxBytes = 1 << 20
+	e := newTapEnv(t, 1<<20, opts)
+	store := &flushCounter{File: e.file}
+	tap := newTap(t, store, e.log, disk.TapOptions{CheckpointEvery: -1})
+	p := make([]byte, 16<<10)
+	for i := range 15 { // 240 KiB and headers: under a quarter
+		if _, err := tap.WriteAt(p, int64(i)*(16<<10)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := store.flushes.Load(); n != 0 {
+		t.Fatalf("store flushed %d times before a quarter of the journal was written, want 0", n)
+	}
+	if _, err := tap.WriteAt(p, 15*(16<<10)); err != nil { // past a quarter
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.log.Holds()[disk.HoldApply] != 16 {
+		if time.Now().After(deadline) {
+			t.Fatalf("apply hold = %d after a quarter of the journal's limit, want 16 (a checkpoint)", e.log.Holds()[disk.HoldApply])
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // flushCounter wraps a File and counts its Flushes.
 type flushCounter struct {
 	*disk.File

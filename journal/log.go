@@ -185,6 +185,10 @@ func (l *Log) Bytes() int64 {
 	return l.bytes
 }
 
+// MaxBytes is the limit on Bytes (Options.MaxBytes): past it Append fails
+// with ErrFull.
+func (l *Log) MaxBytes() int64 { return l.s.opts.MaxBytes }
+
 // markClosed refuses further appends and wakes waiters.
 func (l *Log) markClosed() {
 	l.mu.Lock()

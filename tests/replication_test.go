@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-dr/tandem/disk"
 	"github.com/tandem-dr/tandem/nbd"
 )
 
@@ -338,9 +337,10 @@ func TestReplicationOverflowResync(t *testing.T) {
 	// A write that the store checkpoints while the link is down: the
 	// replication hold is then behind the store's, as when a link fails
 	// with records unshipped, and the overflow below begins with records
-	// that no checkpoint covers.
+	// that no checkpoint covers. The write is a quarter of the journal's
+	// limit, which starts a checkpoint at once.
 	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x41 0 1M", "-c", "flush", pri.uri("vol1"))
-	time.Sleep(disk.DefaultCheckpointEvery + time.Second)
+	time.Sleep(2 * time.Second)
 	src := filepath.Join(t.TempDir(), "src.img")
 	mustRun(t, "sh", "-c", "head -c 24M /dev/urandom > "+src)
 	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x42 0 40M", "-c", "flush", pri.uri("vol1"))
