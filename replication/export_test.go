@@ -245,3 +245,7 @@ const (
 	MaxInflightFrames = DefaultMaxInflightFrames
 	InflightWait      = inflightWait
 )
+
+// SampleSize is sampleSize: the bytes of an n-byte payload that the
+// writer compresses to learn whether the payload pays.
+func SampleSize(n int) int { return sampleSize(n) }

@@ -224,6 +224,25 @@ func TestIncompressibleSkipsCompression(t *testing.T) {
 	}
 }
 
+// TestSampleCostBounded: while frames go raw, the sample that decides
+// whether a frame pays is compressed at most a 32nd of the frame's size
+// (zstd may run at only 100 MB/s on barely compressible data), and at
+// least 4 KiB, so that it still tells.
+func TestSampleCostBounded(t *testing.T) {
+	for _, n := range []int{0, 4 << 10, 127 << 10, 128 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20} {
+		k := replication.SampleSize(n)
+		switch {
+		case n < 128<<10 && k != 0:
+			t.Errorf("SampleSize(%d) = %d, want 0 (too small to pay)", n, k)
+		case n >= 128<<10 && (k < 4<<10 || k > n/32 || k > 64<<10):
+			t.Errorf("SampleSize(%d) = %d, want 4 KiB to min(n/32, 64 KiB)", n, k)
+		}
+	}
+	if k := replication.SampleSize(1 << 20); k > 16<<10 {
+		t.Errorf("SampleSize(1 MiB) = %d, want at most 16 KiB", k)
+	}
+}
+
 // TestLyingLengthCostsLittle: a header announcing the largest payload,
 // followed by a few bytes, must not make the reader allocate the payload.
 func TestLyingLengthCostsLittle(t *testing.T) {
