@@ -348,3 +348,32 @@ func TestDevRateSince(t *testing.T) {
 		}
 	}
 }
+
+func TestDurableRate(t *testing.T) {
+	dir := t.TempDir()
+	mbs, err := durableRate(t.Context(), dir, 100*time.Millisecond)
+	if err != nil {
+		t.Fatalf("durableRate on %s: %v", dir, err)
+	}
+	if mbs <= 0 {
+		t.Errorf("durableRate = %.1f MB/s, want a rate", mbs)
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("probe left %d files in %s", len(left), dir)
+	}
+}
+
+func TestMbsList(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want string
+	}{
+		{[]float64{250.4}, "250 MB/s"},
+		{[]float64{250, 261.6}, "250 and 262 MB/s"},
+		{[]float64{1, 2, 3}, "1, 2 and 3 MB/s"},
+	} {
+		if got := mbsList(c.in); got != c.want {
+			t.Errorf("mbsList(%v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
