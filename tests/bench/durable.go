@@ -21,18 +21,19 @@ const durableChunk = 8 << 20
 // before Linux 6.6).
 var errNoDirectIO = errors.New("the file system refuses O_DIRECT")
 
-// durableRing is the size of the probe's file, written once before it
-// is timed: the journal overwrites segments it recycles, whose blocks
-// are allocated, so an fdatasync commits no file system metadata.
+// durableRing is the size of the probe's file in the bench.
 const durableRing = 512 << 20
 
 // durableRate measures, for about d, how fast the device under dir takes
-// writes that must be durable before the next one starts: 8 MiB O_DIRECT
-// writes over an allocated file, each followed by an fdatasync, as the
+// writes that must be durable before the next one starts, as the
 // secondary's journal makes each group of records durable before it
-// acknowledges them. It is the ceiling of sync mode's rate on a machine
-// whose two sites share one device, in MB/s. The file is removed.
-func durableRate(ctx context.Context, dir string, d time.Duration) (float64, error) {
+// acknowledges them: 8 MiB O_DIRECT writes, each followed by an
+// fdatasync, over a file of ring bytes written once before it is timed
+// (the journal overwrites the segments it recycles, whose blocks are
+// allocated, so an fdatasync commits no file system metadata). It is the
+// ceiling of sync mode's rate where both sites share one device, in
+// MB/s. The file is removed.
+func durableRate(ctx context.Context, dir string, ring int64, d time.Duration) (float64, error) {
 	path := filepath.Join(dir, "durable-probe")
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_DIRECT, 0o600)
 	if errors.Is(err, unix.EINVAL) {
@@ -57,7 +58,7 @@ func durableRate(ctx context.Context, dir string, d time.Duration) (float64, err
 		}
 		return nil
 	}
-	for off := int64(0); off < durableRing; off += durableChunk {
+	for off := int64(0); off < ring; off += durableChunk {
 		if err := write(off); err != nil {
 			return 0, err
 		}
@@ -68,7 +69,7 @@ func durableRate(ctx context.Context, dir string, d time.Duration) (float64, err
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		if err := write(n % durableRing); err != nil {
+		if err := write(n % ring); err != nil {
 			return 0, err
 		}
 		n += durableChunk

@@ -246,7 +246,7 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	// another: sync mode's ceiling where both sites share one device.
 	var durable []float64
 	for range rounds {
-		mbs, err := durableRate(ctx, b.dir, runtime)
+		mbs, err := durableRate(ctx, b.dir, durableRing, runtime)
 		if errors.Is(err, errNoDirectIO) {
 			break
 		}

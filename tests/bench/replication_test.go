@@ -351,7 +351,7 @@ func TestDevRateSince(t *testing.T) {
 
 func TestDurableRate(t *testing.T) {
 	dir := t.TempDir()
-	mbs, err := durableRate(t.Context(), dir, 100*time.Millisecond)
+	mbs, err := durableRate(t.Context(), dir, 4*durableChunk, 100*time.Millisecond)
 	if err != nil {
 		t.Fatalf("durableRate on %s: %v", dir, err)
 	}
