@@ -319,10 +319,17 @@ func TestTapCheckpointBytesFollowJournalLimit(t *testing.T) {
 	if _, err := tap.WriteAt(p, 15*(16<<10)); err != nil { // past a quarter
 		t.Fatal(err)
 	}
+	waitApplyHold(t, e.log, 16, "after a quarter of the journal's limit")
+}
+
+// waitApplyHold waits (at most 10 s) until a checkpoint moved l's apply
+// hold to want, and fails the test otherwise, saying when it expected it.
+func waitApplyHold(t *testing.T, l *journal.Log, want uint64, when string) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for e.log.Holds()[disk.HoldApply] != 16 {
+	for l.Holds()[disk.HoldApply] != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("apply hold = %d after a quarter of the journal's limit, want 16 (a checkpoint)", e.log.Holds()[disk.HoldApply])
+			t.Fatalf("apply hold = %d %s, want %d (a checkpoint)", l.Holds()[disk.HoldApply], when, want)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -380,13 +387,7 @@ func TestTapSkipsCheckpointsBehindReplication(t *testing.T) {
 	if err := e.log.SetHold("replication", 10); err != nil { // shipped half
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for e.log.Holds()[disk.HoldApply] != 20 {
-		if time.Now().After(deadline) {
-			t.Fatalf("apply hold = %d after replication passed it, want 20 (a checkpoint)", e.log.Holds()[disk.HoldApply])
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitApplyHold(t, e.log, 20, "after replication passed it")
 
 	for i := 20; i < 30; i++ {
 		write(i)
