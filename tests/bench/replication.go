@@ -1185,7 +1185,6 @@ func percentile(xs []float64, p float64) float64 {
 	return s[min(max(rank, 1), len(s))-1]
 }
 
-// safeRatio is a/b, 0 when b is 0.
 // mbsList formats rates as "a, b and c MB/s".
 func mbsList(xs []float64) string {
 	parts := make([]string, len(xs))
@@ -1198,6 +1197,7 @@ func mbsList(xs []float64) string {
 	return strings.Join(parts, "") + " MB/s"
 }
 
+// safeRatio is a/b, 0 when b is 0.
 func safeRatio(a, b float64) float64 {
 	if b == 0 {
 		return 0
