@@ -243,7 +243,8 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	}
 
 	// The device's rate for writes that must be durable one after
-	// another: sync mode's ceiling where both sites share one device.
+	// another: what sync mode's journal appends get at most where both
+	// sites share one device.
 	var durable []float64
 	for range rounds {
 		mbs, err := durableRate(ctx, b.dir, durableRing, runtime)
@@ -393,9 +394,10 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	// Both sites share this machine's one device, on which sync mode
 	// must make every byte durable in the secondary's journal before fio's
 	// run ends, where async's writes end in the page cache. The device's
-	// own rate for such writes bounds sync mode; the same runs on tmpfs
-	// take the device out and show what the pipeline itself (batching,
-	// copying, the link) allows.
+	// own rate for such writes is one of sync mode's bounds (the README
+	// says why it is not the only one); the same runs on tmpfs take the
+	// device out and show what the pipeline itself (batching, copying,
+	// the link) allows.
 	if len(durable) == 0 {
 		fmt.Println("  the device's rate for durable writes: not measured (the file system refuses O_DIRECT)")
 	} else {
