@@ -242,6 +242,16 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 		}
 	}
 
+	// Sync mode once more at four times the queue depth, for reference:
+	// a rate that the loop's latency bounds rises with the writes in
+	// flight; one that a device or the CPUs bound stays.
+	deep := seq
+	deep.depth *= 4
+	deepBest, _, err := b.interleave(ctx, deep, []replVariant{replSync}, rounds)
+	if err != nil {
+		return err
+	}
+
 	// The device's rate for writes that must be durable one after
 	// another: what sync mode's journal appends get at most where both
 	// sites share one device.
@@ -391,13 +401,17 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	asHeld, syHeld := as.heldRate(), sy.heldRate()
 	fmt.Printf("  held by the secondary, over fio's run and the drain: async %.0f MB/s (drain %.1fs), sync %.0f MB/s (drain %.1fs); ratio %.2fx (for reference)\n",
 		asHeld, as.drain.Seconds(), syHeld, sy.drain.Seconds(), safeRatio(syHeld, asHeld))
+	dsy := deepBest["sync"]
+	fmt.Printf("  sync at QD%d (for reference: a rate that latency bounds rises with the queue): %.0f MB/s, write clat p50 %s, p99 %s; %.2fx of QD%d's\n",
+		deep.depth, dsy.fio.mbs, ms(dsy.fio.clatP50), ms(dsy.fio.clatP99), safeRatio(dsy.fio.mbs, sy.fio.mbs), seq.depth)
 	// Both sites share this machine's one device, on which sync mode
 	// must make every byte durable in the secondary's journal before fio's
 	// run ends, where async's writes end in the page cache. The device's
-	// own rate for such writes is one of sync mode's bounds (the README
-	// says why it is not the only one); the same runs on tmpfs take the
+	// rate for such writes, alone on it, is the probe's; in the runs the
+	// writeback of the copies written through the page cache shares it
+	// (the README has the measurements). The same runs on tmpfs take the
 	// device out and show what the pipeline itself (batching, copying,
-	// the link) allows.
+	// the link, the two CPUs) allows.
 	if len(durable) == 0 {
 		fmt.Println("  the device's rate for durable writes: not measured (the file system refuses O_DIRECT)")
 	} else {
