@@ -18,8 +18,19 @@ const (
 	groupMaxBytes    = 32 << 20
 	streamMaxBytes   = 8 << 20 // a group of the pipelined path (two may be in memory)
 	groupMaxRecords  = 64 << 10
-	progressEvery    = 16 << 20 // region bytes between SyncProgress calls
 	ackEveryInterval = 250 * time.Millisecond
+)
+
+// A sync's regions are made durable (SyncProgress: an fdatasync of the
+// staging file and one of the journal's metadata) every progressEvery
+// bytes, or progressInterval after the last time where the link is
+// slower: often enough that a dropped link re-sends little, rarely enough
+// that the fdatasyncs, which the receiver waits for, cost a fast link
+// little (one after every 4 MiB region held an initial sync of 1 GiB to
+// about 6 s here; one every 64 MiB, under 5).
+const (
+	progressEvery    = 64 << 20
+	progressInterval = 250 * time.Millisecond
 )
 
 // errProtocol is a peer's frame that is valid but out of place.
@@ -41,6 +52,7 @@ type receiver struct {
 	pendingBytes int
 	copyEnd      int64 // end of the last region frame of the sync
 	progressed   int64 // copyEnd at the last SyncProgress
+	lastProgress time.Time
 	lastAck      time.Time
 	vbuf         []byte
 	committed    uint64 // ID of the last sync committed on this connection
@@ -136,8 +148,10 @@ func (r *receiver) run(ctx context.Context) (err error) {
 		if err := r.flush(ctx); err != nil {
 			return err
 		}
-		if err := r.progress(ctx); err != nil {
-			return err
+		if r.copyEnd-r.progressed >= progressEvery || time.Since(r.lastProgress) >= progressInterval {
+			if err := r.progress(ctx); err != nil {
+				return err
+			}
 		}
 		if err := r.ack(); err != nil {
 			return err
@@ -396,7 +410,7 @@ func (r *receiver) progress(ctx context.Context) error {
 	if err := r.sink.SyncProgress(ctx, r.copyEnd); err != nil {
 		return refuse(errCodeSink, fmt.Errorf("sync progress through off=%d: %w", r.copyEnd, err))
 	}
-	r.progressed = r.copyEnd
+	r.progressed, r.lastProgress = r.copyEnd, time.Now()
 	s.CopiedThrough = r.copyEnd
 	return nil
 }

@@ -593,6 +593,62 @@ func TestSyncResumesAfterCut(t *testing.T) {
 	}
 }
 
+// TestSyncProgressBatched: a sync makes its regions durable once per
+// 64 MiB on a fast link, not after every region (each time costs the
+// secondary fdatasyncs it waits for), and still every 250 ms or so on a
+// slow one, so that a dropped link re-sends little.
+func TestSyncProgressBatched(t *testing.T) {
+	const size = 128 << 20
+	fill := func(src *replicationtest.MemSource, size int64) {
+		p := make([]byte, 1<<20)
+		for i := range p {
+			p[i] = byte(i%251) + 1
+		}
+		for off := int64(0); off < size; off += 1 << 20 {
+			src.Write(off, p)
+		}
+	}
+	t.Run("fast", func(t *testing.T) {
+		src := replicationtest.NewMemSource(size, 0)
+		fill(src, size)
+		sink := replicationtest.NewMemSink(size)
+		sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+		d := newDialer(sec.addr())
+		start := time.Now()
+		s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+			c.RegionSize = 1 << 20
+			c.Compress = replication.CompressNone
+		})
+		waitSynced(t, s, src, sink, 60*time.Second)
+		took := time.Since(start)
+		// One per 64 MiB, one per 250 ms, the first region's and the
+		// end's; the 128 regions would each have had one before.
+		limit := size/(64<<20) + int(took/(250*time.Millisecond)) + 3
+		t.Logf("%d SyncProgress calls in %v", sink.Progresses(), took)
+		if got := sink.Progresses(); got > limit {
+			t.Errorf("%d SyncProgress calls for a %d MiB sync of 1 MiB regions in %v; want at most %d", got, size>>20, took, limit)
+		}
+	})
+	t.Run("slow", func(t *testing.T) {
+		src := replicationtest.NewMemSource(diskSize, 0)
+		fill(src, diskSize)
+		sink := replicationtest.NewMemSink(diskSize)
+		sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+		d := newDialer(sec.addr())
+		// 16 MiB at 8 MiB/s: about 2 s, so at least 4 progress points.
+		s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+			c.Bandwidth = 8 << 20
+			c.RegionSize = 256 << 10
+			c.Compress = replication.CompressNone
+		})
+		waitSynced(t, s, src, sink, 60*time.Second)
+		t.Logf("%d SyncProgress calls", sink.Progresses())
+		if got := sink.Progresses(); got < 4 {
+			t.Errorf("%d SyncProgress calls for a %d MiB sync at 8 MiB/s; want one every 250 ms or so", got, diskSize>>20)
+		}
+	})
+}
+
 // TestReconcileAfterPrimaryLostTail: the primary ships records, then
 // crashes and loses some of them (they were never flushed there), so the
 // secondary holds records the primary does not. With few new writes

@@ -23,7 +23,9 @@ type MemSink struct {
 	staged  []stagedOp
 	pending []journal.Record // appended during a sync
 	commits int
-	gaps    []string
+	// progresses counts SyncProgress calls.
+	progresses int
+	gaps       []string
 
 	// JournalLimit, when positive, bounds the records kept in the journal
 	// (the oldest go first), for long benchmarks.
@@ -191,6 +193,7 @@ func (s *MemSink) SyncProgress(ctx context.Context, through int64) error {
 		return errors.New("memsink: progress outside a sync")
 	}
 	s.state.Sync.CopiedThrough = through
+	s.progresses++
 	return nil
 }
 
@@ -299,6 +302,14 @@ func (s *MemSink) Commits() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.commits
+}
+
+// Progresses counts SyncProgress calls: the times a sync's staged
+// regions were made durable.
+func (s *MemSink) Progresses() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.progresses
 }
 
 // Gaps lists records that did not follow the head (never expected).
