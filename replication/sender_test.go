@@ -561,14 +561,7 @@ func TestInitialSyncSkipsZeroes(t *testing.T) {
 // resumes where the secondary's durable copy ended instead of starting
 // again.
 func TestSyncResumesAfterCut(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	p := make([]byte, 1<<20)
-	for i := range p {
-		p[i] = byte(i%253) + 1
-	}
-	for off := int64(0); off < diskSize; off += 1 << 20 {
-		src.Write(off, p)
-	}
+	src := filledSource(diskSize)
 	sink := replicationtest.NewMemSink(diskSize)
 	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
 	proxy := replicationtest.NewProxy(t, sec.addr())
@@ -598,55 +591,56 @@ func TestSyncResumesAfterCut(t *testing.T) {
 // secondary fdatasyncs it waits for), and still every 250 ms or so on a
 // slow one, so that a dropped link re-sends little.
 func TestSyncProgressBatched(t *testing.T) {
-	const size = 128 << 20
-	fill := func(src *replicationtest.MemSource, size int64) {
-		p := make([]byte, 1<<20)
-		for i := range p {
-			p[i] = byte(i%251) + 1
-		}
-		for off := int64(0); off < size; off += 1 << 20 {
-			src.Write(off, p)
-		}
-	}
-	t.Run("fast", func(t *testing.T) {
-		src := replicationtest.NewMemSource(size, 0)
-		fill(src, size)
+	// syncOnce syncs a disk of size bytes, all written, in regions of
+	// regionSize at bandwidth (0: unlimited) and returns the sink and how
+	// long the sync took.
+	syncOnce := func(t *testing.T, size int64, regionSize int, bandwidth int64) (*replicationtest.MemSink, time.Duration) {
+		src := filledSource(size)
 		sink := replicationtest.NewMemSink(size)
 		sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
 		d := newDialer(sec.addr())
 		start := time.Now()
 		s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
-			c.RegionSize = 1 << 20
+			c.Bandwidth = bandwidth
+			c.RegionSize = regionSize
 			c.Compress = replication.CompressNone
 		})
 		waitSynced(t, s, src, sink, 60*time.Second)
 		took := time.Since(start)
+		t.Logf("%d SyncProgress calls in %v", sink.Progresses(), took)
+		return sink, took
+	}
+	t.Run("fast", func(t *testing.T) {
+		const size = 128 << 20
+		sink, took := syncOnce(t, size, 1<<20, 0)
 		// One per 64 MiB, one per 250 ms, the first region's and the
 		// end's; the 128 regions would each have had one before.
 		limit := size/(64<<20) + int(took/(250*time.Millisecond)) + 3
-		t.Logf("%d SyncProgress calls in %v", sink.Progresses(), took)
 		if got := sink.Progresses(); got > limit {
 			t.Errorf("%d SyncProgress calls for a %d MiB sync of 1 MiB regions in %v; want at most %d", got, size>>20, took, limit)
 		}
 	})
 	t.Run("slow", func(t *testing.T) {
-		src := replicationtest.NewMemSource(diskSize, 0)
-		fill(src, diskSize)
-		sink := replicationtest.NewMemSink(diskSize)
-		sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-		d := newDialer(sec.addr())
 		// 16 MiB at 8 MiB/s: about 2 s, so at least 4 progress points.
-		s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
-			c.Bandwidth = 8 << 20
-			c.RegionSize = 256 << 10
-			c.Compress = replication.CompressNone
-		})
-		waitSynced(t, s, src, sink, 60*time.Second)
-		t.Logf("%d SyncProgress calls", sink.Progresses())
+		sink, _ := syncOnce(t, diskSize, 256<<10, 8<<20)
 		if got := sink.Progresses(); got < 4 {
 			t.Errorf("%d SyncProgress calls for a %d MiB sync at 8 MiB/s; want one every 250 ms or so", got, diskSize>>20)
 		}
 	})
+}
+
+// filledSource returns a source of size bytes, every MiB of it written
+// with the same non-zero pattern.
+func filledSource(size int64) *replicationtest.MemSource {
+	src := replicationtest.NewMemSource(size, 0)
+	p := make([]byte, 1<<20)
+	for i := range p {
+		p[i] = byte(i%253) + 1
+	}
+	for off := int64(0); off < size; off += 1 << 20 {
+		src.Write(off, p)
+	}
+	return src
 }
 
 // TestReconcileAfterPrimaryLostTail: the primary ships records, then
