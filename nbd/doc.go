@@ -20,7 +20,8 @@
 // order to one worker goroutine, overlapping with the reading; slower ones
 // (flushes, FUA, a backend waiting on a disk or a remote journal) go to a
 // pool of workers, started as needed up to ServerOptions.MaxInFlight (the
-// most requests in flight) and kept until the connection ends. Replies
+// most requests in flight) and kept until the connection ends. A new
+// connection presumes every kind slow until it has timed some. Replies
 // are written in completion order (the protocol allows any), batched into
 // one writev when several are ready. Backends must therefore be safe for
 // concurrent use. On plaintext connections, backends that are a plain file

@@ -644,6 +644,34 @@ func TestShutdown(t *testing.T) {
 	}
 }
 
+// TestFirstBurstServedConcurrently: a new connection knows nothing of
+// its backend's speed, so the plain writes of its first burst are served
+// at once, not queued one after another to the fast worker: a backend
+// whose writes each wait (here for all of them to arrive; in sync mode
+// for the secondary) would otherwise take the burst's length times as
+// long, or, as here, never finish.
+func TestFirstBurstServedConcurrently(t *testing.T) {
+	const depth = 4
+	mem := &barrierMem{Mem: nbdtest.NewMem(testSize), n: depth}
+	mem.cond = sync.NewCond(&mem.mu)
+	exp := &nbd.SingleExport{Name: "disk", Backend: mem}
+	srv := nbdtest.NewServer(t, exp, nbd.ServerOptions{MaxInFlight: 2 * depth})
+	r := dialRaw(t, srv.Socket)
+	r.greet(3)
+	r.goExport("disk")
+	var reqs []byte
+	for k := range depth {
+		reqs = append(reqs, reqBytes(0, 1, uint64(k), uint64(k)*512, 512)...)
+		reqs = append(reqs, bytes.Repeat([]byte{byte(k + 1)}, 512)...)
+	}
+	r.write(reqs)
+	for range depth {
+		if cookie, e := r.simple(); e != 0 {
+			t.Fatalf("write %d: error %d (the server did not serve the first %d writes at once)", cookie, e, depth)
+		}
+	}
+}
+
 // barrierMem is a Mem whose writes wait, inside the backend, until n of
 // them are waiting at once; it records the most ever in flight. Writes of
 // a released round that have not yet returned count in flight but not as

@@ -15,7 +15,7 @@ import (
 // transmitter serves the requests of one connection.
 type transmitter struct {
 	files FileRanger // nil unless the backend has one and the connection is plaintext
-	lat   latencies
+	lat   *latencies
 	ctx   context.Context
 	sess  *session
 	be    Backend
@@ -29,7 +29,7 @@ type transmitter struct {
 func (c *conn) transmit(ctx context.Context, sess *session) error {
 	depth := c.srv.opts.MaxInFlight
 	tuneSocket(c.raw)
-	t := &transmitter{ctx: ctx, sess: sess, be: sess.exp.Backend, size: uint64(sess.exp.Size)}
+	t := &transmitter{lat: newLatencies(), ctx: ctx, sess: sess, be: sess.exp.Backend, size: uint64(sess.exp.Size)}
 	t.w = newReplyWriter(c.nc, depth)
 	if fr, ok := t.be.(FileRanger); ok && t.w.rc != nil {
 		t.files = fr
