@@ -249,3 +249,27 @@ const (
 // SampleSize is sampleSize: the bytes of an n-byte payload that the
 // writer compresses to learn whether the payload pays.
 func SampleSize(n int) int { return sampleSize(n) }
+
+// EntropyChoices encodes payloads as frames of typ on one compressing
+// writer and returns each frame and whether the writer went on without
+// entropy coding after it.
+func EntropyChoices(payloads [][]byte, typ uint8) (frames [][]byte, literal []bool) {
+	fw, err := newFrameWriter(io.Discard, true)
+	if err != nil {
+		panic(err)
+	}
+	defer fw.close()
+	for _, p := range payloads {
+		b, err := fw.encode(frameType(typ), p)
+		if err != nil {
+			panic(err)
+		}
+		frames = append(frames, append([]byte(nil), b...))
+		literal = append(literal, fw.literal)
+	}
+	return frames, literal
+}
+
+// EntropyProbeEvery is how many compressed frames apart the writer
+// decides again whether entropy coding pays.
+const EntropyProbeEvery = entropyProbeEvery

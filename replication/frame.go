@@ -287,6 +287,16 @@ type frameWriter struct {
 	// maxSkip frames of 4 MiB would have sent a quarter GiB raw.
 	skip, backoff int
 	sample        []byte // the compressed sample, kept for reuse
+	// Entropy coding (Huffman) of literals costs about a third of zstd's
+	// time and pays only when literals are skewed (text, not random bytes
+	// between matches, as in fio's buffers or encrypted and compressed
+	// files). zlit is the encoder without it: every entropyProbeEvery
+	// compressed frames one is compressed both ways, and the next ones go
+	// through zlit unless entropy coding saved a 32nd of the frame.
+	zlit    *zstd.Encoder
+	literal bool   // compress with zlit
+	probeIn int    // compressed frames until the next probe
+	probe   []byte // the probe's second output, kept for reuse
 	// headerCRC: records frames carry flagHeaderCRC (the peer speaks
 	// version 4 or later).
 	headerCRC bool
@@ -305,16 +315,69 @@ func newFrameWriter(w io.Writer, compress bool) (*frameWriter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("new zstd encoder: %w", err)
 		}
-		fw.zenc = e
+		l, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true),
+			zstd.WithEncoderCRC(false), zstd.WithNoEntropyCompression(true))
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("new zstd encoder: %w", err)
+		}
+		fw.zenc, fw.zlit = e, l
 	}
 	return fw, nil
 }
 
 func (fw *frameWriter) close() {
-	if fw.zenc != nil {
-		fw.zenc.Close()
-		fw.zenc = nil
+	for _, e := range []**zstd.Encoder{&fw.zenc, &fw.zlit} {
+		if *e != nil {
+			(*e).Close()
+			*e = nil
+		}
 	}
+}
+
+// Every entropyProbeEvery compressed frames, compress also decides
+// whether entropy coding pays (see frameWriter.zlit).
+const entropyProbeEvery = 16
+
+// encoder returns the encoder frames go through now.
+func (fw *frameWriter) encoder() *zstd.Encoder {
+	if fw.literal {
+		return fw.zlit
+	}
+	return fw.zenc
+}
+
+// encodeAll compresses payload after the frame header's room in fw.out
+// and returns that frame (its header not yet written). On a probe it
+// compresses payload both with and without entropy coding, keeps the
+// smaller and chooses the encoder for the frames up to the next probe.
+func (fw *frameWriter) encodeAll(payload []byte) []byte {
+	out := fw.encoder().EncodeAll(payload, fw.outBuf(len(payload))[:frameHeaderSize])
+	fw.out = out
+	if fw.probeIn--; fw.probeIn > 0 {
+		return out
+	}
+	fw.probeIn = entropyProbeEvery
+	other := fw.zlit
+	if fw.literal {
+		other = fw.zenc
+	}
+	if cap(fw.probe) < cap(out) {
+		fw.probe = make([]byte, 0, cap(out))
+	}
+	alt := other.EncodeAll(payload, fw.probe[:frameHeaderSize])
+	withEnt, without := len(out), len(alt)
+	if fw.literal {
+		withEnt, without = without, withEnt
+	}
+	fw.literal = withEnt > without-without/32
+	if len(alt) < len(out) {
+		fw.out, fw.probe = alt, out[:0]
+		return alt
+	}
+	fw.probe = alt[:0]
+	return out
 }
 
 // encode builds the frame for payload into fw.out, compressing it when
@@ -360,8 +423,7 @@ func (fw *frameWriter) compress(typ frameType, payload []byte) ([]byte, bool) {
 			return nil, false
 		}
 	}
-	out := fw.zenc.EncodeAll(payload, fw.outBuf(len(payload))[:frameHeaderSize])
-	fw.out = out
+	out := fw.encodeAll(payload)
 	n := len(out) - frameHeaderSize
 	if n <= len(payload)-len(payload)/4 {
 		fw.backoff = 0
@@ -406,7 +468,7 @@ func (fw *frameWriter) samplePays(payload []byte) bool {
 	}
 	mid := len(payload) / 2
 	in := payload[mid : mid+k]
-	fw.sample = fw.zenc.EncodeAll(in, fw.sample[:0])
+	fw.sample = fw.encoder().EncodeAll(in, fw.sample[:0])
 	return len(fw.sample) <= len(in)-len(in)/4
 }
 

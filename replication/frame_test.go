@@ -294,3 +294,65 @@ func TestVersion3Payloads(t *testing.T) {
 		}
 	}
 }
+
+// TestEntropyCodingChosen: a writer compresses without entropy coding
+// (a third cheaper) data whose literals are random bytes between matches,
+// as fio's reused buffers, and keeps it for data whose literals are
+// skewed, as text. Each frame decodes to its payload and is at most a
+// 32nd larger than a fresh writer's frame of it (which tries both ways).
+func TestEntropyCodingChosen(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	blocks := make([][]byte, 16)
+	for i := range blocks {
+		blocks[i] = make([]byte, 4096)
+		for j := range blocks[i] {
+			blocks[i][j] = byte(rng.Uint32())
+		}
+	}
+	reused := func() []byte { // 256 KiB of 4 KiB blocks drawn from 16
+		var p []byte
+		for len(p) < 256<<10 {
+			p = append(p, blocks[rng.IntN(len(blocks))]...)
+		}
+		return p
+	}
+	skewed := func() []byte { // 256 KiB of letters, few repeats
+		p := make([]byte, 256<<10)
+		for i := range p {
+			p[i] = 'a' + byte(min(rng.ExpFloat64()*3, 25))
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name    string
+		gen     func() []byte
+		literal bool
+	}{
+		{"random literals", reused, true},
+		{"skewed literals", skewed, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var payloads [][]byte
+			for range 2*replication.EntropyProbeEvery + 1 {
+				payloads = append(payloads, tc.gen())
+			}
+			frames, literal := replication.EntropyChoices(payloads, replication.FrameRecords)
+			for i, lit := range literal {
+				if lit != tc.literal {
+					t.Errorf("after frame %d: without entropy coding %v, want %v", i, lit, tc.literal)
+				}
+			}
+			next := replication.FrameReader(bytes.NewReader(bytes.Join(frames, nil)))
+			for i, p := range payloads {
+				typ, got, err := next()
+				if err != nil || typ != replication.FrameRecords || !bytes.Equal(got, p) {
+					t.Fatalf("frame %d: type %d, %d bytes, err %v; want its %d-byte payload", i, typ, len(got), err, len(p))
+				}
+				ref := replication.EncodeFrame(replication.FrameRecords, p, true)
+				if len(frames[i]) > len(ref)+len(ref)/32 {
+					t.Errorf("frame %d: %d bytes, entropy coding gives %d", i, len(frames[i]), len(ref))
+				}
+			}
+		})
+	}
+}
