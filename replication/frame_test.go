@@ -296,7 +296,7 @@ func TestVersion3Payloads(t *testing.T) {
 }
 
 // TestEntropyCodingChosen: a writer compresses without entropy coding
-// (a third cheaper) data whose literals are random bytes between matches,
+// (a tenth to a third cheaper) data whose literals are random bytes between matches,
 // as fio's reused buffers, and keeps it for data whose literals are
 // skewed, as text. Each frame decodes to its payload and is at most a
 // 32nd larger than a fresh writer's frame of it (which tries both ways).
@@ -350,7 +350,7 @@ func TestEntropyCodingChosen(t *testing.T) {
 				}
 				ref := replication.EncodeFrame(replication.FrameRecords, p, true)
 				if len(frames[i]) > len(ref)+len(ref)/32 {
-					t.Errorf("frame %d: %d bytes, entropy coding gives %d", i, len(frames[i]), len(ref))
+					t.Errorf("frame %d: %d bytes, a fresh writer's frame %d", i, len(frames[i]), len(ref))
 				}
 			}
 		})
