@@ -110,8 +110,9 @@ func (d *Daemon) startSender(ctx context.Context, od *openDisk) error {
 		away = replication.HoldWrites
 	}
 	var batch, window int // the defaults
+	delay := replication.AsyncBatchDelay
 	if p.Mode == ModeSync {
-		batch, window = replication.SyncModeMaxBatchBytes, replication.SyncModeMaxInflightFrames
+		batch, window, delay = replication.SyncModeMaxBatchBytes, replication.SyncModeMaxInflightFrames, 0
 	}
 	s, err := replication.NewSender(replication.SenderConfig{
 		Disk: od.meta.Name,
@@ -129,6 +130,7 @@ func (d *Daemon) startSender(ctx context.Context, od *openDisk) error {
 
 		MaxBatchBytes:     batch,
 		MaxInflightFrames: window,
+		BatchDelay:        delay,
 	})
 	if err != nil {
 		return fmt.Errorf("replication of %s: %w", od.meta.Name, err)

@@ -393,6 +393,38 @@ func (w *streamer) wait(ctx context.Context, seq uint64, deadline time.Time) err
 	return nil
 }
 
+// A batch smaller than a quarter of MaxBatchBytes waits up to BatchDelay
+// for more records, looking again every gatherPoll: a few wake-ups per
+// frame, where waking on each record would cost one per record.
+const gatherPoll = time.Millisecond
+
+// gather adds the records that arrive within BatchDelay to a small batch
+// of *count records, the next one to read being *want; fn (sendBatch's)
+// advances both.
+func (w *streamer) gather(ctx context.Context, buf []byte, want *uint64, count *int, fn func(journal.Record) error) ([]byte, error) {
+	s := w.s
+	deadline := time.Now().Add(s.cfg.BatchDelay)
+	t := time.NewTimer(gatherPoll)
+	defer t.Stop()
+	for len(buf) < s.cfg.MaxBatchBytes/4 && *count < s.cfg.MaxBatchRecords {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		t.Reset(min(left, gatherPoll))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return buf, context.Cause(ctx)
+		}
+		var err error
+		if buf, err = appendRecords(ctx, s.src, *want, buf, s.cfg.MaxBatchBytes, fn); err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
 // sendBatch reads up to a batch of records from *next and sends them as
 // one frame. It returns the number of records sent.
 func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
@@ -432,18 +464,8 @@ func (w *streamer) sendBatch(ctx context.Context, next *uint64) (int, error) {
 		return nil
 	}
 	buf, err := appendRecords(ctx, s.src, want, buf, s.cfg.MaxBatchBytes, fn)
-	// With a BatchDelay, a small batch waits a little for more records.
 	if err == nil && count > 0 && s.cfg.BatchDelay > 0 {
-		deadline := time.Now().Add(s.cfg.BatchDelay)
-		for err == nil && len(buf) < s.cfg.MaxBatchBytes/2 && count < s.cfg.MaxBatchRecords && time.Now().Before(deadline) {
-			wctx, cancel := context.WithDeadline(ctx, deadline)
-			werr := s.src.WaitAfter(wctx, want-1)
-			cancel()
-			if werr != nil {
-				break
-			}
-			buf, err = appendRecords(ctx, s.src, want, buf, s.cfg.MaxBatchBytes, fn)
-		}
+		buf, err = w.gather(ctx, buf, &want, &count, fn)
 	}
 	w.buf, w.track = buf, track
 	if count > 0 && err != nil && (errors.Is(err, journal.ErrCorrupt) || errors.Is(err, ErrDiverged)) {

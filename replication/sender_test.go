@@ -469,6 +469,40 @@ func TestBatchDelayBatches(t *testing.T) {
 	}
 }
 
+// TestBatchDelayEndsAtSize checks both ends of a BatchDelay's wait: a
+// lone record waits for it, and the wait ends as soon as the batch holds a
+// quarter of MaxBatchBytes, or the sender closes.
+func TestBatchDelayEndsAtSize(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+		c.BatchDelay = time.Hour
+		c.MaxBatchBytes = 64 << 10 // a batch of 16 KiB stops waiting
+		c.Heartbeat = time.Hour
+	})
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	block := bytes.Repeat([]byte{7}, 4096)
+	src.Write(0, block)
+	time.Sleep(300 * time.Millisecond)
+	if _, seq := sink.Snapshot(); seq != 0 {
+		t.Fatalf("a lone record reached the replica (seq %d) within 300 ms of an hour's BatchDelay", seq)
+	}
+	for i := 1; i <= 8; i++ { // 36 KiB in all
+		src.Write(int64(i)*4096, block)
+	}
+	waitSynced(t, s, src, sink, 10*time.Second)
+
+	src.Write(0, []byte("last"))
+	start := time.Now()
+	closeSender(t, s)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Close took %v while a batch waited for its BatchDelay", took)
+	}
+}
+
 // TestBandwidthLimit ships 6 MiB under a 4 MiB/s limit: it takes about a
 // second and a half, not the milliseconds loopback allows.
 func TestBandwidthLimit(t *testing.T) {
