@@ -168,6 +168,18 @@ func startSender(t testing.TB, src replication.Source, dial func(context.Context
 	return s, logs
 }
 
+// startPair starts a secondary serving one empty disk "vm1" and a sender
+// of a new empty source to it, configured as startSender does and then by
+// mod (which may be nil).
+func startPair(t testing.TB, mod func(*replication.SenderConfig)) (*replicationtest.MemSource, *replicationtest.MemSink, *replication.Sender, *logBuffer) {
+	t.Helper()
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	s, logs := startSender(t, src, newDialer(sec.addr()).dial, mod)
+	return src, sink, s, logs
+}
+
 func closeSender(t testing.TB, s *replication.Sender) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

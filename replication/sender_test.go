@@ -42,11 +42,7 @@ func TestPolicyReachesSecondary(t *testing.T) {
 }
 
 func TestShipUnderConcurrentWrites(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, nil)
+	src, sink, s, _ := startPair(t, nil)
 
 	stop := make(chan struct{})
 	wg := load(src, 3, stop, 0)
@@ -118,8 +114,10 @@ func TestResumeAfterCuts(t *testing.T) {
 	s, _ := startSender(t, src, d.dial, nil)
 	stop := make(chan struct{})
 	wg := load(src, 2, stop, 20*time.Microsecond)
-	for i := 0; i < 30; i++ {
-		time.Sleep(time.Duration(20+i*3) * time.Millisecond)
+	// Cut until ten cuts have hit a live connection: on a loaded machine
+	// a reconnection can outlast the pause before the next cut.
+	for i := 0; i < 30 || (proxy.Cuts() < 10 && i < 300); i++ {
+		time.Sleep(time.Duration(20+i%30*3) * time.Millisecond)
 		proxy.Cut()
 	}
 	close(stop)
@@ -442,11 +440,7 @@ func TestDamagedRecordNotShipped(t *testing.T) {
 func TestBatchDelayBatches(t *testing.T) {
 	frames := map[time.Duration]uint64{}
 	for _, delay := range []time.Duration{0, 50 * time.Millisecond} {
-		src := replicationtest.NewMemSource(diskSize, 0)
-		sink := replicationtest.NewMemSink(diskSize)
-		sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-		d := newDialer(sec.addr())
-		s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+		src, sink, s, _ := startPair(t, func(c *replication.SenderConfig) {
 			c.BatchDelay = delay
 			c.Compress = replication.CompressNone
 			c.Heartbeat = time.Hour
@@ -473,11 +467,7 @@ func TestBatchDelayBatches(t *testing.T) {
 // lone record waits for it, and the wait ends as soon as the batch holds a
 // quarter of MaxBatchBytes, or the sender closes.
 func TestBatchDelayEndsAtSize(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+	src, sink, s, _ := startPair(t, func(c *replication.SenderConfig) {
 		c.BatchDelay = time.Hour
 		c.MaxBatchBytes = 64 << 10 // a batch of 16 KiB stops waiting
 		c.Heartbeat = time.Hour
@@ -506,11 +496,7 @@ func TestBatchDelayEndsAtSize(t *testing.T) {
 // TestBandwidthLimit ships 6 MiB under a 4 MiB/s limit: it takes about a
 // second and a half, not the milliseconds loopback allows.
 func TestBandwidthLimit(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) {
+	src, sink, s, _ := startPair(t, func(c *replication.SenderConfig) {
 		c.Bandwidth = 4 << 20
 		c.Compress = replication.CompressNone
 	})
