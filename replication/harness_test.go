@@ -171,13 +171,14 @@ func startSender(t testing.TB, src replication.Source, dial func(context.Context
 // startPair starts a secondary serving one empty disk "vm1" and a sender
 // of a new empty source to it, configured as startSender does and then by
 // mod (which may be nil).
-func startPair(t testing.TB, mod func(*replication.SenderConfig)) (*replicationtest.MemSource, *replicationtest.MemSink, *replication.Sender, *logBuffer) {
+func startPair(t testing.TB, mod func(*replication.SenderConfig)) (*replicationtest.MemSource, *replicationtest.MemSink, *secondary, *dialer, *replication.Sender) {
 	t.Helper()
 	src := replicationtest.NewMemSource(diskSize, 0)
 	sink := replicationtest.NewMemSink(diskSize)
 	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	s, logs := startSender(t, src, newDialer(sec.addr()).dial, mod)
-	return src, sink, s, logs
+	d := newDialer(sec.addr())
+	s, _ := startSender(t, src, d.dial, mod)
+	return src, sink, sec, d, s
 }
 
 func closeSender(t testing.TB, s *replication.Sender) {

@@ -243,11 +243,7 @@ func TestOrderKept(t *testing.T) {
 // file system is full) tells the primary why, and the primary's status
 // keeps saying it across reconnects until records flow again.
 func TestSinkRefusalReported(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, nil)
+	src, sink, _, d, s := startPair(t, nil)
 	src.Write(0, []byte("boot"))
 	waitSynced(t, s, src, sink, 10*time.Second)
 

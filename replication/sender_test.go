@@ -25,11 +25,7 @@ const diskSize = 16 << 20
 // Policy hook at each connection, in whole seconds (rounded up), with the
 // offset of the primary's clock (none here: one machine).
 func TestPolicyReachesSecondary(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, func(c *replication.SenderConfig) { c.Retention = 90*time.Minute + 500*time.Millisecond })
+	src, sink, sec, _, s := startPair(t, func(c *replication.SenderConfig) { c.Retention = 90*time.Minute + 500*time.Millisecond })
 	waitSynced(t, s, src, sink, 20*time.Second)
 	want := []string{"vm1 1h30m1s clock ok"}
 	got := sec.policiesSeen()
@@ -42,7 +38,7 @@ func TestPolicyReachesSecondary(t *testing.T) {
 }
 
 func TestShipUnderConcurrentWrites(t *testing.T) {
-	src, sink, s, _ := startPair(t, nil)
+	src, sink, _, _, s := startPair(t, nil)
 
 	stop := make(chan struct{})
 	wg := load(src, 3, stop, 0)
@@ -132,11 +128,7 @@ func TestResumeAfterCuts(t *testing.T) {
 }
 
 func TestRestartSecondary(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, nil)
+	src, sink, sec, d, s := startPair(t, nil)
 	stop := make(chan struct{})
 	wg := load(src, 2, stop, 20*time.Microsecond)
 	for i := 0; i < 5; i++ {
@@ -344,15 +336,11 @@ func TestResyncInterrupted(t *testing.T) {
 	}
 }
 
-// syncedPair starts a secondary with replica vm1 and a sender, writes
-// data at 10 offsets stride apart and waits until the replica holds them.
+// syncedPair is startPair, then data written at 10 offsets stride apart
+// and a wait until the replica holds them.
 func syncedPair(t *testing.T, data string, stride int64) (*replicationtest.MemSource, *replicationtest.MemSink, *secondary, *dialer, *replication.Sender) {
 	t.Helper()
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, nil)
+	src, sink, sec, d, s := startPair(t, nil)
 	for i := int64(0); i < 10; i++ {
 		src.Write(i*stride, []byte(data))
 	}
@@ -440,7 +428,7 @@ func TestDamagedRecordNotShipped(t *testing.T) {
 func TestBatchDelayBatches(t *testing.T) {
 	frames := map[time.Duration]uint64{}
 	for _, delay := range []time.Duration{0, 50 * time.Millisecond} {
-		src, sink, s, _ := startPair(t, func(c *replication.SenderConfig) {
+		src, sink, _, _, s := startPair(t, func(c *replication.SenderConfig) {
 			c.BatchDelay = delay
 			c.Compress = replication.CompressNone
 			c.Heartbeat = time.Hour
@@ -467,7 +455,7 @@ func TestBatchDelayBatches(t *testing.T) {
 // lone record waits for it, and the wait ends as soon as the batch holds a
 // quarter of MaxBatchBytes, or the sender closes.
 func TestBatchDelayEndsAtSize(t *testing.T) {
-	src, sink, s, _ := startPair(t, func(c *replication.SenderConfig) {
+	src, sink, _, _, s := startPair(t, func(c *replication.SenderConfig) {
 		c.BatchDelay = time.Hour
 		c.MaxBatchBytes = 64 << 10 // a batch of 16 KiB stops waiting
 		c.Heartbeat = time.Hour
@@ -496,7 +484,7 @@ func TestBatchDelayEndsAtSize(t *testing.T) {
 // TestBandwidthLimit ships 6 MiB under a 4 MiB/s limit: it takes about a
 // second and a half, not the milliseconds loopback allows.
 func TestBandwidthLimit(t *testing.T) {
-	src, sink, s, _ := startPair(t, func(c *replication.SenderConfig) {
+	src, sink, _, _, s := startPair(t, func(c *replication.SenderConfig) {
 		c.Bandwidth = 4 << 20
 		c.Compress = replication.CompressNone
 	})

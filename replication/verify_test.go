@@ -11,11 +11,7 @@ import (
 )
 
 func TestVerify(t *testing.T) {
-	src := replicationtest.NewMemSource(diskSize, 0)
-	sink := replicationtest.NewMemSink(diskSize)
-	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
-	d := newDialer(sec.addr())
-	s, _ := startSender(t, src, d.dial, nil)
+	src, sink, _, _, s := startPair(t, nil)
 	stop := make(chan struct{})
 	wg := load(src, 1, stop, 20*time.Microsecond)
 	time.Sleep(300 * time.Millisecond)
