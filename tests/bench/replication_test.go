@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -375,5 +376,34 @@ func TestMbsList(t *testing.T) {
 		if got := mbsList(c.in); got != c.want {
 			t.Errorf("mbsList(%v) = %q, want %q", c.in, got, c.want)
 		}
+	}
+}
+
+func TestRoundRatios(t *testing.T) {
+	runs := func(iops ...float64) []replRun {
+		rs := make([]replRun, len(iops))
+		for i, x := range iops {
+			rs[i].fio.iops = x
+		}
+		return rs
+	}
+	// The reference's fast outlier in round 1 makes the best runs' ratio
+	// 60/100; the rounds' ratios are 0.6, 0.8 and 0.8125.
+	on, off := runs(60, 48, 52), runs(100, 60, 64)
+	got := roundRatios(on, off)
+	want := []float64{0.6, 0.8, 0.8125}
+	if !slices.Equal(got, want) {
+		t.Fatalf("roundRatios = %v, want %v", got, want)
+	}
+	if m := percentile(got, 50); m != 0.8 {
+		t.Errorf("median of %v = %v, want 0.8", got, m)
+	}
+	// A round missing on one side, or with a reference that measured
+	// nothing, is left out rather than counted as 0 or infinity.
+	if got := roundRatios(runs(60, 50, 70), runs(100, 0)); !slices.Equal(got, []float64{0.6}) {
+		t.Errorf("roundRatios with a missing round and a zero reference = %v, want [0.6]", got)
+	}
+	if got := ratioList([]float64{0.614, 0.5}); got != "0.61x 0.50x" {
+		t.Errorf("ratioList = %q", got)
 	}
 }
