@@ -328,9 +328,11 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 	fmt.Printf("%-14s %3s | %8s %9s | %8s %9s %7s %6s | %6s %6s %6s\n",
 		"workload", "QD", "off MB/s", "off IOPS", "on MB/s", "on IOPS", "drain", "wire", "best", "ratio", "target")
 	var short []replShort
+	onRatios := map[string][]float64{} // each line's async/off ratio, round by round
 	for _, l := range lines {
+		onRatios[l.job.name] = roundRatios(all[lineVariant{l.job.name, "async"}], all[lineVariant{l.job.name, "off"}])
 		off, on := best[l.job.name]["off"], best[l.job.name]["async"]
-		ratio := percentile(roundRatios(all[lineVariant{l.job.name, "async"}], all[lineVariant{l.job.name, "off"}]), 50)
+		ratio := percentile(onRatios[l.job.name], 50)
 		verdict := replVerdict(ratio >= replOnTarget)
 		if ratio < replOnTarget {
 			short = append(short, replShort{l.job.name + " (replication on)", replAsync, l.job})
@@ -357,8 +359,7 @@ func benchReplication(ctx context.Context, env *benchEnv) error {
 			}
 			fmt.Println()
 		}
-		fmt.Printf("    %-14s async/off, round by round: %s\n", l.job.name,
-			ratioList(roundRatios(all[lineVariant{l.job.name, "async"}], all[lineVariant{l.job.name, "off"}])))
+		fmt.Printf("    %-14s async/off, round by round: %s\n", l.job.name, ratioList(onRatios[l.job.name]))
 	}
 	for _, l := range lines {
 		for _, v := range l.variants {
