@@ -60,8 +60,12 @@ type Sender struct {
 type senderState struct {
 	open, closed bool
 	connected    bool
-	lastErr      string
-	diverged     bool
+	// known is set once a handshake has told what the secondary holds
+	// (a sync started or resumed, or a consistent copy to stream onto):
+	// until then the disk is not called protected.
+	known    bool
+	lastErr  string
+	diverged bool
 
 	sync *syncJob // the sync in progress, nil when streaming
 

@@ -775,3 +775,28 @@ func testSenderWindow(t *testing.T, window int) {
 		t.Errorf("%d frames for 100 writes in %v while the secondary acknowledged nothing; want %d to %d", sent, took.Round(time.Millisecond), want, limit)
 	}
 }
+
+// TestPausedUntilSecondaryAnswers: until a secondary has answered, the
+// sender does not know what it holds, so the disk is paused, not
+// protected, even with nothing written (lag 0, acknowledged head 0). Once
+// it answers, the initial sync starts and its commit makes the disk
+// protected.
+func TestPausedUntilSecondaryAnswers(t *testing.T) {
+	src := replicationtest.NewMemSource(diskSize, 0)
+	sink := replicationtest.NewMemSink(diskSize)
+	sec := startSecondary(t, "", map[string]*replicationtest.MemSink{"vm1": sink})
+	d := newDialer(sec.addr())
+	d.failing.Store(true)
+	s, _ := startSender(t, src, d.dial, nil)
+	for d.dials.Load() < 2 { // it tried, and tried again
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := s.Status(context.Background()); st.State != replication.StatePaused || st.Connected {
+		t.Fatalf("secondary never reached: state %s, connected %v; want %s, not connected", st.State, st.Connected, replication.StatePaused)
+	}
+	d.failing.Store(false)
+	waitSynced(t, s, src, sink, 10*time.Second)
+	if st, err := sink.State(context.Background()); err != nil || !st.Initialized || sink.Commits() == 0 {
+		t.Fatalf("protected, but the replica never had its initial sync: state %+v (%v), %d commits", st, err, sink.Commits())
+	}
+}

@@ -84,6 +84,8 @@ func (s *Sender) Status(ctx context.Context) Status {
 		st.State = StateInitialSync
 	case job != nil:
 		st.State = StateResync
+	case !s.st.known:
+		st.State = StatePaused // no secondary has answered yet
 	default:
 		st.State = StateProtected
 	}
