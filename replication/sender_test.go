@@ -788,7 +788,10 @@ func TestPausedUntilSecondaryAnswers(t *testing.T) {
 	d := newDialer(sec.addr())
 	d.failing.Store(true)
 	s, _ := startSender(t, src, d.dial, nil)
-	for d.dials.Load() < 2 { // it tried, and tried again
+	for deadline := time.Now().Add(10 * time.Second); d.dials.Load() < 2; { // it tried, and tried again
+		if time.Now().After(deadline) {
+			t.Fatalf("the sender dialled %d times in 10s", d.dials.Load())
+		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	if st := s.Status(context.Background()); st.State != replication.StatePaused || st.Connected {
