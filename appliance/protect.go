@@ -24,42 +24,69 @@ type ProtectOptions struct {
 // keeps every record from now on until the secondary acknowledges it, the
 // secondary creates the replica on first contact, an initial sync copies
 // the allocated regions while writes go on, and records stream after it.
+//
+// It waits up to protectAnswerWait for the secondary's first answer, so
+// that the state it returns says what is going on (initial-sync, or paused
+// with the reason the secondary is away), not only that shipping began.
 func (d *Daemon) Protect(ctx context.Context, name string, o ProtectOptions) (DiskInfo, error) {
-	if err := o.Policy.Validate(); err != nil {
+	s, err := d.protect(ctx, name, o)
+	if err != nil {
 		return DiskInfo{}, err
 	}
+	if s != nil {
+		t := time.NewTimer(protectAnswerWait)
+		defer t.Stop()
+		select {
+		case <-s.Answered():
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return d.Disk(ctx, name)
+}
+
+// protectAnswerWait bounds Protect's wait for the secondary's first
+// answer: a dial and a TLS handshake on a working link take milliseconds.
+const protectAnswerWait = 2 * time.Second
+
+// protect marks the disk protected and starts its sender, which it
+// returns (nil when the disk was protected to o.Peer already).
+func (d *Daemon) protect(ctx context.Context, name string, o ProtectOptions) (*replication.Sender, error) {
+	if err := o.Policy.Validate(); err != nil {
+		return nil, err
+	}
 	if _, err := d.id.Peers().Get(o.Peer); err != nil {
-		return DiskInfo{}, fmt.Errorf("%w: %s (pair first: tandem pair token on it, tandem pair add here)", ErrNotPaired, o.Peer)
+		return nil, fmt.Errorf("%w: %s (pair first: tandem pair token on it, tandem pair add here)", ErrNotPaired, o.Peer)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	od, ok := d.disks[name]
 	if !ok {
-		return DiskInfo{}, fmt.Errorf("%w: %s", ErrDiskNotFound, name)
+		return nil, fmt.Errorf("%w: %s", ErrDiskNotFound, name)
 	}
 	if od.tap == nil {
-		return DiskInfo{}, fmt.Errorf("%w: %s is a %s here; protect it at its primary", ErrWrongRole, name, od.meta.Role)
+		return nil, fmt.Errorf("%w: %s is a %s here; protect it at its primary", ErrWrongRole, name, od.meta.Role)
 	}
 	if od.meta.Protected {
 		if od.meta.Peer == o.Peer {
-			return od.info(ctx), nil
+			return nil, nil
 		}
-		return DiskInfo{}, fmt.Errorf("%w: %s is protected to %s already (unprotect it first)", ErrBadRequest, name, od.meta.Peer)
+		return nil, fmt.Errorf("%w: %s is protected to %s already (unprotect it first)", ErrBadRequest, name, od.meta.Peer)
 	}
 	if err := replica.Protect(ctx, od.log); err != nil {
-		return DiskInfo{}, err
+		return nil, err
 	}
 	m := od.meta
 	m.Protected, m.Peer, m.Policy = true, o.Peer, o.Policy
 	if err := writeJSONFile(d.metaPath(name), m); err != nil {
-		return DiskInfo{}, fmt.Errorf("save disk %s: %w", name, err)
+		return nil, fmt.Errorf("save disk %s: %w", name, err)
 	}
 	od.meta = m
 	if err := d.startSender(ctx, od); err != nil {
-		return DiskInfo{}, err
+		return nil, err
 	}
 	d.log.Info("protected", "disk", name, "peer", o.Peer, "mode", m.Policy.withDefaults().Mode)
-	return od.info(ctx), nil
+	return od.sender, nil
 }
 
 // Unprotect stops replicating a disk. The secondary keeps its replica.

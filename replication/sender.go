@@ -50,6 +50,7 @@ type Sender struct {
 	mu       sync.Mutex
 	st       senderState
 	ackCh    chan struct{} // closed and replaced whenever acknowledgements move
+	answered chan struct{} // closed when st.known is first set
 	kick     chan struct{} // wakes the writer (verify requests), buffered 1
 	verifies map[uint64]*verifyCall
 	vqueue   []*verifyCall // requests waiting for the writer
@@ -119,6 +120,7 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 		compress: cfg.Compress == CompressZstd,
 		lim:      newLimiter(cfg.Bandwidth),
 		ackCh:    make(chan struct{}),
+		answered: make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		verifies: make(map[uint64]*verifyCall),
 	}, nil
@@ -607,4 +609,18 @@ func normalizeRegions(rs []Region, size int64) []Region {
 		merged = append(merged, r)
 	}
 	return merged
+}
+
+// Answered is closed once a secondary has first answered and the sender
+// knows what it holds: from then on Status reports the disk's state
+// (initial-sync, resync, protected), where before it reports paused.
+func (s *Sender) Answered() <-chan struct{} { return s.answered }
+
+// learnedLocked records that a handshake told what the secondary holds.
+// s.mu held.
+func (s *Sender) learnedLocked() {
+	if !s.st.known {
+		s.st.known = true
+		close(s.answered)
+	}
 }

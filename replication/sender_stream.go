@@ -107,7 +107,8 @@ func (s *Sender) writeLoop(ctx context.Context, conn net.Conn, fw *frameWriter, 
 		w.prev = base
 	default:
 		s.mu.Lock()
-		s.st.sync, s.st.known = nil, true
+		s.st.sync = nil
+		s.learnedLocked()
 		release := uint64(0)
 		if st.Consistent > s.st.srcAcked {
 			release = st.Consistent
@@ -166,7 +167,8 @@ func (w *streamer) startSync(ctx context.Context, full bool, after uint64) (Posi
 	job.info.Base = plan.Base
 	s.mu.Lock()
 	s.st.diverged = false
-	s.st.sync, s.st.copied, s.st.known = job, 0, true
+	s.st.sync, s.st.copied = job, 0
+	s.learnedLocked()
 	s.st.head = max(s.st.head, plan.Base.Seq)
 	s.st.sent = max(s.st.sent, plan.Base.Seq)
 	s.mu.Unlock()

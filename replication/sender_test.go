@@ -797,7 +797,17 @@ func TestPausedUntilSecondaryAnswers(t *testing.T) {
 	if st := s.Status(context.Background()); st.State != replication.StatePaused || st.Connected {
 		t.Fatalf("secondary never reached: state %s, connected %v; want %s, not connected", st.State, st.Connected, replication.StatePaused)
 	}
+	select {
+	case <-s.Answered():
+		t.Fatal("Answered closed before any secondary answered")
+	default:
+	}
 	d.failing.Store(false)
+	select {
+	case <-s.Answered():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Answered not closed 10s after the secondary came back")
+	}
 	waitSynced(t, s, src, sink, 10*time.Second)
 	if st, err := sink.State(context.Background()); err != nil || !st.Initialized || sink.Commits() == 0 {
 		t.Fatalf("protected, but the replica never had its initial sync: state %+v (%v), %d commits", st, err, sink.Commits())
