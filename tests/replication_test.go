@@ -234,7 +234,9 @@ func TestReplicationUnderLoad(t *testing.T) {
 	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 16M 8M", "-c", "write -P 0x7e 40M 1M", pri.uri("vol1"))
 	w := startOrderedWriter(t, pri, "vol1")
 	time.Sleep(300 * time.Millisecond)
-	pri.mustTandem("protect", "vol1", "--peer", "beta")
+	if out := pri.mustTandem("protect", "vol1", "--peer", "beta"); !strings.Contains(out, ": initial-sync") {
+		t.Fatalf("protect with the secondary up printed %q; want the initial sync under way", out)
+	}
 
 	deadline := time.Now().Add(4 * time.Second)
 	checks := 0
@@ -588,5 +590,25 @@ func TestReplicationCheckpoints(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	compareReplica(t, pri, sec, "vol1")
+}
+
+// TestProtectSecondaryAway: a disk protected while its secondary is down
+// is paused, with the reason in status, not protected (nothing says what
+// the replica holds); once the secondary is back the initial sync runs and
+// the disk ends protected and identical.
+func TestProtectSecondaryAway(t *testing.T) {
+	pri, sec, _ := pairedSites(t, false)
+	pri.mustTandem("disk", "create", "vol1", "--size", "16M")
+	mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 2M", pri.uri("vol1"))
+	sec.kill()
+	if out := pri.mustTandem("protect", "vol1", "--peer", "beta"); !strings.Contains(out, ": paused") {
+		t.Fatalf("protect with the secondary away printed %q; want paused", out)
+	}
+	if out := pri.mustTandem("status", "vol1"); !strings.Contains(out, "paused") || !strings.Contains(out, "dial") {
+		t.Fatalf("status with the secondary away:\n%s\nwant paused and the dial error", out)
+	}
+	sec.start()
+	waitCaughtUp(t, pri, "vol1", time.Minute)
 	compareReplica(t, pri, sec, "vol1")
 }
