@@ -611,4 +611,16 @@ func TestProtectSecondaryAway(t *testing.T) {
 	sec.start()
 	waitCaughtUp(t, pri, "vol1", time.Minute)
 	compareReplica(t, pri, sec, "vol1")
+
+	// A primary restarted while its secondary is away does not know what
+	// the replica holds either, until the secondary answers.
+	sec.kill()
+	pri.kill()
+	pri.start()
+	if out := pri.mustTandem("status", "vol1"); !strings.Contains(out, "paused") {
+		t.Fatalf("status of a restarted primary with the secondary away:\n%s\nwant paused", out)
+	}
+	sec.start()
+	waitCaughtUp(t, pri, "vol1", time.Minute)
+	compareReplica(t, pri, sec, "vol1")
 }
