@@ -50,7 +50,7 @@ type Sender struct {
 	mu       sync.Mutex
 	st       senderState
 	ackCh    chan struct{} // closed and replaced whenever acknowledgements move
-	answered chan struct{} // closed when st.known is first set
+	answered chan struct{} // closed once the secondary told what it holds (knownLocked)
 	kick     chan struct{} // wakes the writer (verify requests), buffered 1
 	verifies map[uint64]*verifyCall
 	vqueue   []*verifyCall // requests waiting for the writer
@@ -61,12 +61,8 @@ type Sender struct {
 type senderState struct {
 	open, closed bool
 	connected    bool
-	// known is set once a handshake has told what the secondary holds
-	// (a sync started or resumed, or a consistent copy to stream onto):
-	// until then the disk is not called protected.
-	known    bool
-	lastErr  string
-	diverged bool
+	lastErr      string
+	diverged     bool
 
 	sync *syncJob // the sync in progress, nil when streaming
 
@@ -616,11 +612,22 @@ func normalizeRegions(rs []Region, size int64) []Region {
 // (initial-sync, resync, protected), where before it reports paused.
 func (s *Sender) Answered() <-chan struct{} { return s.answered }
 
+// knownLocked reports whether a handshake has told what the secondary
+// holds (a sync started or resumed, or a consistent copy to stream onto):
+// until then the disk is not called protected. s.mu held.
+func (s *Sender) knownLocked() bool {
+	select {
+	case <-s.answered:
+		return true
+	default:
+		return false
+	}
+}
+
 // learnedLocked records that a handshake told what the secondary holds.
 // s.mu held.
 func (s *Sender) learnedLocked() {
-	if !s.st.known {
-		s.st.known = true
+	if !s.knownLocked() {
 		close(s.answered)
 	}
 }

@@ -84,7 +84,7 @@ func (s *Sender) Status(ctx context.Context) Status {
 		st.State = StateInitialSync
 	case job != nil:
 		st.State = StateResync
-	case !s.st.known:
+	case !s.knownLocked():
 		st.State = StatePaused // no secondary has answered yet
 	default:
 		st.State = StateProtected
